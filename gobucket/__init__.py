@@ -1,0 +1,46 @@
+"""gobucket: in-memory background jobs as actors.
+
+Fill a :class:`TaskBucket` with tasks that run now or after a delay, drain any
+of them before they run, and rescue them all through ``on_panic`` when the
+process is going down. See the README for a tour.
+"""
+
+from gobucket.actors.bucket import BucketStats
+from gobucket.actors.messages import Outcome
+from gobucket.actors.runtime import ActorRuntime, default_runtime
+from gobucket.bucket import TaskBucket
+from gobucket.config import BucketConfig, TaskType
+from gobucket.context import TaskContext
+from gobucket.errors import (
+    BucketClosedError,
+    BucketFullError,
+    DuplicateTaskError,
+    GoBucketError,
+    InvalidArgumentError,
+    TaskActorCrashedError,
+    TaskNotFoundError,
+)
+from gobucket.executors.base import Executor, FunctionExecutor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActorRuntime",
+    "BucketClosedError",
+    "BucketConfig",
+    "BucketFullError",
+    "BucketStats",
+    "DuplicateTaskError",
+    "Executor",
+    "FunctionExecutor",
+    "GoBucketError",
+    "InvalidArgumentError",
+    "Outcome",
+    "TaskActorCrashedError",
+    "TaskBucket",
+    "TaskContext",
+    "TaskNotFoundError",
+    "TaskType",
+    "__version__",
+    "default_runtime",
+]

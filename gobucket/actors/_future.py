@@ -1,0 +1,98 @@
+"""A light pykka future: a one-shot latch instead of a condition variable."""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pykka
+
+if TYPE_CHECKING:
+    from pykka._future import GetHookFunc
+    from pykka._types import OptExcInfo
+
+__all__ = ["LatchFuture"]
+
+T = TypeVar("T")
+
+_UNSET: Any = object()
+
+
+class LatchFuture(pykka.Future[T]):
+    """A :class:`pykka.Future` that costs one lock, set at most once.
+
+    Most asks in gobucket are answered before the asker waits (the runtime
+    runs an idle actor's handler on the asking thread), so the future must be
+    cheap to make and to read; a waiter only blocks on the latch when the
+    answer is still on its way.
+    """
+
+    __slots__ = ("_exc_info", "_latch", "_value")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._value: Any = _UNSET
+        self._exc_info: OptExcInfo | None = None
+        self._latch = threading.Lock()
+        self._latch.acquire()
+
+    def done(self) -> bool:
+        """True once a value or an exception was set."""
+        return self._value is not _UNSET or self._exc_info is not None
+
+    def get(self, *, timeout: float | None = None) -> Any:
+        """Wait for the value (or raise the exception), like :meth:`pykka.Future.get`."""
+        if self._get_hook is not None:
+            return super().get(timeout=timeout)
+        if not self.done():
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+                if self._latch.acquire(timeout=wait):
+                    self._latch.release()
+                    break
+                if self.done():
+                    break
+                raise pykka.Timeout(f"{timeout} seconds")
+        if self._exc_info is not None:
+            _, exc_value, exc_tb = self._exc_info
+            assert exc_value is not None
+            raise exc_value.with_traceback(exc_tb)
+        return self._value
+
+    def set(self, value: Any | None = None) -> None:
+        """Set the value; a second set raises :class:`queue.Full`, as pykka's futures do."""
+        if self.done():
+            raise queue.Full
+        self._value = value
+        self._latch.release()
+
+    def set_exception(self, exc_info: OptExcInfo | None = None) -> None:
+        """Set an exception (from ``sys.exc_info()`` by default) to raise in ``get``."""
+        if self.done():
+            raise queue.Full
+        self._exc_info = exc_info if exc_info is not None else sys.exc_info()
+        self._latch.release()
+
+    def set_get_hook(self, func: GetHookFunc[T]) -> None:
+        """Compute the value lazily on ``get`` (used by pykka's map/filter/join)."""
+        if self.done():
+            raise queue.Full
+        super().set_get_hook(func)
+
+
+def failed_future(error: BaseException) -> LatchFuture[Any]:
+    """A future already holding ``error``."""
+    future: LatchFuture[Any] = LatchFuture()
+    future.set_exception((type(error), error, error.__traceback__))
+    return future
+
+
+def done_future(value: Any) -> LatchFuture[Any]:
+    """A future already holding ``value``."""
+    future: LatchFuture[Any] = LatchFuture()
+    future.set(value)
+    return future

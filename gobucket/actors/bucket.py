@@ -1,0 +1,203 @@
+"""BucketActor: owns the ids of a bucket's live tasks and supervises their TaskActors."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pykka
+
+from gobucket.actors import messages as m
+from gobucket.actors.runtime import RuntimeActor
+from gobucket.actors.task import TaskActor, TaskSpec
+from gobucket.config import BucketConfig, TaskType
+from gobucket.errors import (
+    BucketClosedError,
+    BucketFullError,
+    DuplicateTaskError,
+    TaskActorCrashedError,
+    TaskNotFoundError,
+)
+
+if TYPE_CHECKING:
+    from gobucket.executors.base import HookTable
+
+__all__ = ["BucketActor", "BucketStats"]
+
+logger = logging.getLogger("gobucket")
+
+
+@dataclass(frozen=True, slots=True)
+class BucketStats:
+    """A snapshot of a bucket's counters.
+
+    ``alive`` tasks are in the bucket now; the others count ends and refusals
+    since the bucket was made.
+    """
+
+    name: str
+    alive: int
+    max_bucket: int
+    filled: int
+    finished: int
+    execute_errors: int
+    exhausted: int
+    panicked: int
+    drained: int
+    refused_full: int
+    refused_duplicate: int
+    crashed: int
+    closed: bool
+
+    @property
+    def free(self) -> int:
+        """How many more tasks the bucket would accept now."""
+        return max(0, self.max_bucket - self.alive)
+
+    @property
+    def ended(self) -> int:
+        """How many tasks have ended, by any of the five ends."""
+        return self.finished + self.execute_errors + self.exhausted + self.panicked + self.drained
+
+
+class BucketActor(RuntimeActor):
+    """Admits or refuses fills, frees ids when tasks end, answers rescue, supervises tasks."""
+
+    def __init__(self, config: BucketConfig, hooks: HookTable) -> None:
+        super().__init__()
+        self.config = config
+        self.spec = TaskSpec(self.actor_ref, hooks, config.name, config.verbose,
+                             config.max_retries, config.retry_backoff)
+        self.tasks: dict[str, pykka.ActorRef[TaskActor]] = {}
+        self.closed = False
+        self._empty_waiters: list[pykka.Future[Any]] = []
+        self._counts = dict.fromkeys(m.Outcome, 0)
+        self._filled = 0
+        self._refused_full = 0
+        self._refused_dup = 0
+        self._crashed = 0
+
+    def on_receive(self, message: Any) -> Any:
+        """Dispatch bucket messages (see :mod:`gobucket.actors.messages`)."""
+        kind = type(message)
+        if kind is m.FillTask:
+            return self._fill(message)
+        if kind is m.TaskEnded:
+            self._remove(message.task_id, message.outcome)
+            if message.reply is not None:
+                message.reply.set(None)
+            return None
+        if kind is m.DrainTask:
+            return self._drain(message.task_id)
+        if kind is m.Contains:
+            return message.task_id in self.tasks
+        if kind is m.Count:
+            return len(self.tasks)
+        if kind is m.RescueAll:
+            return [ref.ask(m.PANIC, block=False) for ref in list(self.tasks.values())]
+        if kind is m.GetStats:
+            return self._stats()
+        if kind is m.AwaitEmpty:
+            if not self.tasks:
+                return True
+            waiter = self.defer_reply()
+            if waiter is not None:
+                self._empty_waiters.append(waiter)
+            return None
+        if kind is m.CloseBucket:
+            self.closed = True
+            return None
+        if kind is m.TaskFailed:
+            self._on_task_failed(message)
+            return None
+        return super().on_receive(message)
+
+    def _fill(self, msg: m.FillTask) -> None:
+        if self.closed:
+            raise BucketClosedError(f"bucket {self.config.name!r} is closed")
+        tasks = self.tasks
+        task_id = msg.task_id
+        if task_id in tasks:
+            self._refused_dup += 1
+            raise DuplicateTaskError(task_id, self.config.name)
+        if len(tasks) >= self.config.max_bucket:
+            self._refused_full += 1
+            raise BucketFullError(
+                f"task buffer exceeded: bucket {self.config.name!r} holds its maximum of "
+                f"{self.config.max_bucket} live tasks"
+            )
+        run_after = msg.run_after if msg.task_type is TaskType.TIME_BOMB else 0.0
+        if self.config.verbose:
+            logger.info("[%s] task %s filled (%s)", self.config.name, task_id,
+                        msg.task_type.value)
+        ref = TaskActor.start_on(self.runtime, self.spec, task_id, msg.data, msg.task_type,
+                                 run_after, msg.life_span)
+        tasks[task_id] = ref  # even if it already ended inline: its TaskEnded is queued
+        self._filled += 1
+
+    def _drain(self, task_id: str) -> Any:
+        ref = self.tasks.get(task_id)
+        if ref is None:
+            raise TaskNotFoundError(task_id)
+        ran, drained = ref.actor_inbox.try_inline(m.DRAIN)  # type: ignore[attr-defined]
+        if ran:
+            if not drained:
+                raise TaskNotFoundError(task_id, "is already ending")
+            self._remove(task_id, m.Outcome.DRAINED)
+            return None
+        # The task is busy: forward, and let it answer through us once its id is freed.
+        reply = self.defer_reply()
+        try:
+            ref.tell(m.Drain(reply))
+        except pykka.ActorDeadError:
+            err = TaskNotFoundError(task_id, "is already ending")
+            if reply is not None:
+                reply.set_exception((type(err), err, None))
+        return None
+
+    def _remove(self, task_id: str, outcome: m.Outcome) -> None:
+        if self.tasks.pop(task_id, None) is None:
+            return
+        self._counts[outcome] += 1
+        if not self.tasks and self._empty_waiters:
+            waiters, self._empty_waiters = self._empty_waiters, []
+            for waiter in waiters:
+                waiter.set(True)
+
+    def _on_task_failed(self, msg: m.TaskFailed) -> None:
+        """Supervision: a crashed TaskActor's task still gets exactly one end."""
+        self._crashed += 1
+        ref = self.tasks.get(msg.task_id)
+        if ref is None:
+            return
+        if msg.claimed is not None:
+            # It had already taken its end; that end stands, the id is freed.
+            self._remove(msg.task_id, msg.claimed)
+            return
+        error = TaskActorCrashedError(f"the actor of task {msg.task_id!r} failed: {msg.error!r}")
+        error.__cause__ = msg.error
+        replacement = TaskActor.start_on(
+            self.runtime, self.spec, msg.task_id, msg.data, msg.task_type, 0.0,
+            max(0.001, msg.remaining), crashed=error,
+        )
+        self.tasks[msg.task_id] = replacement
+
+    def _stats(self) -> BucketStats:
+        c = self._counts
+        return BucketStats(
+            name=self.config.name,
+            alive=len(self.tasks),
+            max_bucket=self.config.max_bucket,
+            filled=self._filled,
+            finished=c[m.Outcome.FINISHED],
+            execute_errors=c[m.Outcome.EXECUTE_ERROR],
+            exhausted=c[m.Outcome.EXHAUSTED],
+            panicked=c[m.Outcome.PANICKED],
+            drained=c[m.Outcome.DRAINED],
+            refused_full=self._refused_full,
+            refused_duplicate=self._refused_dup,
+            crashed=self._crashed,
+            closed=self.closed,
+        )
+

@@ -1,0 +1,174 @@
+"""The messages gobucket's actors exchange: small frozen dataclasses named for what happened."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from gobucket.config import TaskType
+
+__all__ = [
+    "AwaitEmpty",
+    "CloseBucket",
+    "Contains",
+    "Count",
+    "Drain",
+    "DrainTask",
+    "Executed",
+    "Expire",
+    "FillTask",
+    "Fire",
+    "GetStats",
+    "HookDone",
+    "HookKind",
+    "Outcome",
+    "Panic",
+    "RescueAll",
+    "Retry",
+    "TaskEnded",
+    "TaskFailed",
+]
+
+
+class Outcome(enum.Enum):
+    """How a task ended."""
+
+    FINISHED = "finished"
+    EXECUTE_ERROR = "execute_error"
+    EXHAUSTED = "exhausted"
+    PANICKED = "panicked"
+    DRAINED = "drained"
+
+
+class HookKind(enum.IntEnum):
+    """Which hook a hook runner ran (carried back in :class:`HookDone`)."""
+
+    EXECUTE = 0
+    END = 1
+
+
+# --- TaskActor --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Fire:
+    """``run_after`` elapsed: a waiting time bomb starts."""
+
+
+@dataclass(frozen=True, slots=True)
+class Expire:
+    """The task's life span ran out."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """The backoff before another ``on_execute`` attempt elapsed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """Stop the task without a hook. ``reply`` is answered via the bucket when forwarded."""
+
+    reply: pykka.Future[Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Panic:
+    """Rescue the task: run ``on_panic``; answered (True/False) once that hook returned."""
+
+
+@dataclass(frozen=True, slots=True)
+class HookDone:
+    """A hook runner finished a hook; ``error`` is what it raised, if anything."""
+
+    kind: HookKind
+    error: BaseException | None = None
+
+
+Executed = HookDone
+"""``on_execute`` returned or raised (a :class:`HookDone` of kind ``EXECUTE``)."""
+
+FIRE = Fire()
+EXPIRE = Expire()
+RETRY = Retry()
+DRAIN = Drain()
+PANIC = Panic()
+EXECUTED_OK = HookDone(HookKind.EXECUTE)
+END_OK = HookDone(HookKind.END)
+
+
+# --- BucketActor ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FillTask:
+    """Admit a task (answered with None, or an error)."""
+
+    task_type: TaskType
+    task_id: str
+    data: Any
+    run_after: float
+    life_span: float
+
+
+@dataclass(frozen=True, slots=True)
+class DrainTask:
+    """Drain a live task by id (answered True, or TaskNotFoundError)."""
+
+    task_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RescueAll:
+    """Send Panic to every live task; answered with their panic futures."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEnded:
+    """A TaskActor's end is done; the bucket frees its id."""
+
+    task_id: str
+    outcome: Outcome
+    reply: pykka.Future[Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFailed:
+    """A TaskActor crashed; ``claimed`` is the end it had already taken, if any."""
+
+    task_id: str
+    claimed: Outcome | None
+    error: BaseException | None
+    data: Any = None
+    task_type: TaskType = TaskType.IMMEDIATE
+    remaining: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Contains:
+    """Is this id alive?"""
+
+    task_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """How many tasks are alive?"""
+
+
+@dataclass(frozen=True, slots=True)
+class GetStats:
+    """Snapshot the bucket's counters."""
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitEmpty:
+    """Answered (True) once no task is alive."""
+
+
+@dataclass(frozen=True, slots=True)
+class CloseBucket:
+    """Refuse further fills."""

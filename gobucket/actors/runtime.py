@@ -1,0 +1,485 @@
+"""gobucket's actor runtime: many pykka actors on a few shared dispatcher threads.
+
+pykka's :class:`~pykka.ThreadingActor` gives every actor an OS thread. A bucket
+can hold 100,000 pending tasks, so gobucket plugs its own runtime into pykka's
+extension points (``_create_actor_inbox``, ``_create_future``,
+``_start_actor_loop``) and keeps pykka's :class:`~pykka.ActorRef`, ``tell``,
+``ask``, futures and proxies:
+
+* Each actor has a :class:`Mailbox`. A message put into an idle mailbox either
+  runs at once on the sending thread (see below) or schedules the mailbox on
+  the dispatcher run queue; a dispatcher thread then runs the whole batch of
+  messages waiting in it. An actor handles one message at a time, always.
+* *Inline delivery*: when an actor is idle, an ``ask`` (the asker blocks
+  anyway) or a ``tell`` from a runtime thread (a dispatcher, the timer, a hook
+  worker) runs the handler on the sending thread, saving two thread switches.
+  Handlers never block, so this is safe; nesting is bounded by
+  :data:`MAX_INLINE_DEPTH`.
+* Blocking work never runs on a dispatcher: hooks go to the hook runners in
+  :mod:`gobucket.executors`.
+
+The runtime also owns the process's :class:`~gobucket.actors.timers.TimerService`
+and hook runners, so a whole node shares one timer thread and one worker pool.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import logging
+import queue
+import sys
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+import pykka
+from pykka import messages as pykka_messages
+
+from gobucket.actors._future import LatchFuture
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from pykka._envelope import Envelope
+
+    from gobucket.actors.timers import TimerService
+    from gobucket.executors.async_ import AsyncHookRunner
+    from gobucket.executors.thread import ThreadHookRunner
+
+__all__ = ["ActorRuntime", "Mailbox", "RuntimeActor", "default_runtime", "tell_quietly"]
+
+logger = logging.getLogger("gobucket.runtime")
+
+MAX_INLINE_DEPTH = 2
+"""How deeply inline deliveries may nest on one thread before messages are queued."""
+
+_IDLE = 0
+_SCHEDULED = 1
+_RUNNING = 2
+
+_local = threading.local()
+_urns = itertools.count(1)
+
+
+def _depth() -> int:
+    return getattr(_local, "depth", 0)
+
+
+def _runtime_thread() -> bool:
+    return getattr(_local, "runtime", False)
+
+
+def mark_runtime_thread() -> None:
+    """Declare the current thread a runtime thread (tells to idle actors may run inline)."""
+    _local.runtime = True
+
+
+class _StopFlag(threading.Event):
+    """A :class:`threading.Event` that allocates its condition only when waited on.
+
+    pykka gives each actor an Event; a real one costs about 1 KB, which
+    100,000 pending tasks cannot afford.
+    """
+
+    _guard = threading.Lock()
+
+    def __init__(self) -> None:  # deliberately not calling super().__init__()
+        self._flag = False
+        self._cond_obj: threading.Condition | None = None
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        self._flag = True
+        cond = self._cond_obj
+        if cond is not None:
+            with cond:
+                cond.notify_all()
+
+    def clear(self) -> None:
+        self._flag = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._flag:
+            return True
+        with self._guard:
+            if self._cond_obj is None:
+                self._cond_obj = threading.Condition(threading.Lock())
+        cond = self._cond_obj
+        with cond:
+            return cond.wait_for(lambda: self._flag, timeout)
+
+
+class Mailbox:
+    """An actor's inbox on the shared runtime (pykka's ``ActorInbox`` protocol)."""
+
+    __slots__ = ("_actor", "_items", "_lock", "_state")
+
+    def __init__(self) -> None:
+        self._items: list[Envelope[Any]] = []
+        self._lock = threading.Lock()
+        self._state = _IDLE
+        self._actor: RuntimeActor | None = None
+
+    # pykka's ActorInbox protocol -------------------------------------------------
+    def put(self, envelope: Envelope[Any], /) -> None:
+        """Deliver a message: run it inline when allowed, else queue and schedule."""
+        actor = self._actor
+        assert actor is not None
+        lock = self._lock
+        lock.acquire()
+        if (
+            self._state == _IDLE
+            and (envelope.reply_to is not None or _runtime_thread())
+            and _depth() < MAX_INLINE_DEPTH
+        ):
+            self._state = _RUNNING
+            lock.release()
+            self._run_inline(actor, envelope)
+            return
+        self._items.append(envelope)
+        if self._state == _IDLE:
+            self._state = _SCHEDULED
+            lock.release()
+            actor.runtime.schedule(self)
+            return
+        lock.release()
+
+    def get(self) -> Envelope[Any]:
+        """Take the oldest queued message (used only when failing pending asks)."""
+        with self._lock:
+            return self._items.pop(0)
+
+    def empty(self) -> bool:
+        """True when no message is queued."""
+        return not self._items
+
+    # runtime side ----------------------------------------------------------------
+    def try_inline(self, message: Any) -> tuple[bool, Any]:
+        """Run ``message`` now on this thread if the actor is idle.
+
+        Returns ``(True, result)`` when it ran, ``(False, None)`` when the actor
+        is busy (nothing was queued). Exceptions from the handler propagate.
+        """
+        actor = self._actor
+        assert actor is not None
+        lock = self._lock
+        lock.acquire()
+        if self._state != _IDLE or _depth() >= MAX_INLINE_DEPTH:
+            lock.release()
+            return False, None
+        self._state = _RUNNING
+        lock.release()
+        _local.depth = _depth() + 1
+        try:
+            return True, actor._handle_direct(message)
+        finally:
+            _local.depth -= 1
+            self._release(actor)
+
+    def _run_inline(self, actor: RuntimeActor, envelope: Envelope[Any]) -> None:
+        _local.depth = _depth() + 1
+        try:
+            actor._process(envelope)
+        finally:
+            _local.depth -= 1
+            self._release(actor)
+
+    def _release(self, actor: RuntimeActor) -> None:
+        lock = self._lock
+        lock.acquire()
+        if self._items:
+            self._state = _SCHEDULED
+            lock.release()
+            actor.runtime.schedule(self)
+        else:
+            self._state = _IDLE
+            lock.release()
+
+    def run_batch(self) -> None:
+        """Run every queued message (called by a dispatcher thread)."""
+        actor = self._actor
+        assert actor is not None
+        lock = self._lock
+        lock.acquire()
+        items = self._items
+        self._items = []
+        self._state = _RUNNING
+        lock.release()
+        for envelope in items:
+            actor._process(envelope)
+        self._release(actor)
+
+
+class ActorRuntime:
+    """Dispatcher threads, one timer service and the hook runners of a node.
+
+    Args:
+        dispatchers: threads that run queued actor messages.
+        workers: threads that run blocking (plain ``def``) executor hooks.
+        name: a label for thread names and logs.
+
+    Most programs use :func:`default_runtime`; make your own to give a bucket
+    a separate worker pool (e.g. for hooks that block for a long time).
+    """
+
+    def __init__(self, dispatchers: int = 2, workers: int = 16, name: str = "gobucket") -> None:
+        from gobucket.actors.timers import TimerService
+        from gobucket.executors.thread import ThreadHookRunner
+
+        if dispatchers < 1 or workers < 1:
+            raise ValueError("an ActorRuntime needs at least one dispatcher and one worker")
+        self.name = name
+        self._runq: queue.SimpleQueue[Mailbox | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+        self._lock = threading.Lock()
+        for index in range(dispatchers):
+            thread = threading.Thread(
+                target=self._dispatch, name=f"{name}-dispatch-{index}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        self.timers: TimerService = TimerService(name=f"{name}-timer")
+        self.threads: ThreadHookRunner = ThreadHookRunner(workers, name=f"{name}-worker")
+        self._async: AsyncHookRunner | None = None
+
+    @property
+    def async_runner(self) -> AsyncHookRunner:
+        """The event loop that runs ``async def`` hooks (started on first use)."""
+        if self._async is None:
+            from gobucket.executors.async_ import AsyncHookRunner
+
+            with self._lock:
+                if self._async is None:
+                    self._async = AsyncHookRunner(name=f"{self.name}-asyncio")
+        return self._async
+
+    def schedule(self, mailbox: Mailbox) -> None:
+        """Queue a mailbox with waiting messages for a dispatcher."""
+        self._runq.put(mailbox)
+
+    def _dispatch(self) -> None:
+        mark_runtime_thread()
+        get = self._runq.get
+        while True:
+            mailbox = get()
+            if mailbox is None:
+                return
+            try:
+                mailbox.run_batch()
+            except BaseException:  # pragma: no cover - _process never raises
+                logger.exception("dispatcher caught an unexpected error")
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop the threads of this runtime (pending hooks are abandoned)."""
+        if self._closed:
+            return
+        self._closed = True
+        for _ in self._threads:
+            self._runq.put(None)
+        self.timers.stop()
+        self.threads.stop()
+        if self._async is not None:
+            self._async.stop()
+        current = threading.current_thread()
+        for thread in self._threads:
+            if thread is not current:
+                thread.join(timeout)
+
+
+_default: ActorRuntime | None = None
+_default_lock = threading.Lock()
+
+
+def default_runtime() -> ActorRuntime:
+    """The process-wide runtime, started on first use and stopped at exit."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = ActorRuntime()
+                atexit.register(_default.shutdown)
+    return _default
+
+
+class RuntimeActor(pykka.Actor):
+    """A pykka actor that runs on an :class:`ActorRuntime` instead of its own thread.
+
+    Use it like any pykka actor (``start``, ``tell``, ``ask``, ``proxy``). Two
+    differences: actors are not put in pykka's global ``ActorRegistry`` unless
+    ``register = True`` (its list would make 100,000 short-lived actors
+    quadratic), and the runtime is chosen with the ``runtime`` keyword of
+    :meth:`start_on`.
+
+    Subclasses handle messages in ``on_receive``; a handler may call
+    :meth:`defer_reply` to answer an ``ask`` later.
+    """
+
+    register: ClassVar[bool] = False
+    runtime: ActorRuntime
+    _reply: pykka.Future[Any] | None
+
+    def __init__(self, *_args: Any, **_kwargs: Any) -> None:
+        # pykka.Actor.__init__ made lighter: cheap URN, lazy stop event.
+        self.actor_urn = f"urn:gobucket:{next(_urns)}"
+        inbox = Mailbox()
+        inbox._actor = self
+        self.actor_inbox = inbox
+        self.actor_stopped = _StopFlag()
+        self._actor_ref = pykka.ActorRef(self)
+        self._reply = None
+        if not hasattr(self, "runtime"):
+            self.runtime = default_runtime()
+
+    @classmethod
+    def start_on(cls, runtime: ActorRuntime, *args: Any, **kwargs: Any) -> pykka.ActorRef[Self]:
+        """Start an actor of this class on ``runtime``."""
+        obj = cls.__new__(cls)
+        obj.runtime = runtime
+        obj.__init__(*args, **kwargs)  # type: ignore[misc]
+        return obj._launch()
+
+    @classmethod
+    def start(cls, *args: Any, **kwargs: Any) -> pykka.ActorRef[Self]:
+        """Start an actor on the default runtime (pykka's ``Actor.start``)."""
+        obj = cls(*args, **kwargs)
+        return obj._launch()
+
+    def _launch(self) -> pykka.ActorRef[Self]:
+        if self.register:
+            pykka.ActorRegistry.register(self.actor_ref)
+        self._start_actor_loop()
+        return self.actor_ref
+
+    @staticmethod
+    def _create_actor_inbox() -> Mailbox:
+        return Mailbox()
+
+    @staticmethod
+    def _create_future() -> pykka.Future[Any]:
+        return LatchFuture()
+
+    def _start_actor_loop(self) -> None:
+        ok, _ = self.actor_inbox.try_inline(_START)  # type: ignore[attr-defined]
+        if not ok:
+            self.actor_ref.tell(_START)
+
+    # message processing ------------------------------------------------------------
+    def _process(self, envelope: Envelope[Any]) -> None:
+        reply_to = envelope.reply_to
+        if self.actor_stopped.is_set():
+            if reply_to is not None:
+                _fail_dead(self, reply_to, envelope.message)
+            return
+        self._reply = reply_to
+        try:
+            response = self._handle_direct(envelope.message)
+        except Exception:
+            self._reply = None
+            if reply_to is not None:
+                reply_to.set_exception()
+            else:
+                self._crash(*sys.exc_info())
+            return
+        except BaseException:
+            self._reply = None
+            if reply_to is not None:
+                reply_to.set_exception()
+            self._crash(*sys.exc_info())
+            raise
+        if self._reply is not None:
+            self._reply = None
+            reply_to.set(response)  # type: ignore[union-attr]
+
+    def _handle_direct(self, message: Any) -> Any:
+        if message is _START:
+            try:
+                self.on_start()
+            except Exception:
+                self._crash(*sys.exc_info())
+            return None
+        return self._handle_receive(message)
+
+    def defer_reply(self) -> pykka.Future[Any] | None:
+        """Take over the reply of the ``ask`` being handled; answer it later yourself."""
+        reply, self._reply = self._reply, None
+        return reply
+
+    def _crash(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.actor_stopped.is_set():
+            logger.error("error in stopped %s", self, exc_info=(exc_type, exc_value, tb))  # type: ignore[arg-type]
+            return
+        logger.error("unhandled error in %s", self, exc_info=(exc_type, exc_value, tb))  # type: ignore[arg-type]
+        self._mark_stopped()
+        try:
+            self.on_failure(exc_type, exc_value, tb)
+        except Exception:
+            logger.exception("on_failure of %s raised", self)
+        self._fail_pending()
+
+    def _stop(self) -> None:
+        """Stop now: later messages are answered with :class:`pykka.ActorDeadError`."""
+        if self.actor_stopped.is_set():
+            return
+        self._mark_stopped()
+        try:
+            self.on_stop()
+        except Exception:
+            self._crash(*sys.exc_info())
+        self._fail_pending()
+
+    def _mark_stopped(self) -> None:
+        if self.register:
+            pykka.ActorRegistry.unregister(self.actor_ref)
+        self.actor_stopped.set()
+
+    def _fail_pending(self) -> None:
+        inbox: Mailbox = self.actor_inbox  # type: ignore[assignment]
+        while not inbox.empty():
+            try:
+                envelope = inbox.get()
+            except IndexError:
+                break
+            if envelope.reply_to is not None:
+                _fail_dead(self, envelope.reply_to, envelope.message)
+
+
+class _Start:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<start>"
+
+
+_START = _Start()
+
+
+def _fail_dead(actor: RuntimeActor, reply_to: pykka.Future[Any], message: Any) -> None:
+    try:
+        if isinstance(message, pykka_messages._ActorStop):
+            reply_to.set(None)
+        else:
+            err = pykka.ActorDeadError(f"{actor} stopped before handling the message")
+            reply_to.set_exception((type(err), err, None))
+    except queue.Full:
+        pass
+
+
+def tell_quietly(ref: pykka.ActorRef[Any], message: Any) -> bool:
+    """Tell ``message`` to ``ref``; return False instead of raising if it has stopped."""
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:
+        return False
+    return True
+
+
+Callback = Callable[..., None]

@@ -1,0 +1,289 @@
+"""TaskActor: one per task, a small state machine that ends its task exactly once.
+
+States: ``WAITING`` (a time bomb before ``run_after``) → ``RUNNING`` (``on_execute``
+submitted) → ``ENDING`` (its end hook submitted) → ``ENDED``. The first message
+that ends the task wins (``Executed``, ``Expire``, ``Drain``, ``Panic``); every
+later one is ignored, so each accepted task gets exactly one end.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import pykka
+
+from gobucket.actors import messages as m
+from gobucket.actors.runtime import RuntimeActor, tell_quietly
+from gobucket.config import TaskType
+from gobucket.context import TaskContext
+from gobucket.errors import TaskNotFoundError
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from gobucket.actors.timers import Timer
+    from gobucket.executors.base import Hook, HookTable, RunHandle
+
+__all__ = ["TaskActor", "TaskSpec"]
+
+logger = logging.getLogger("gobucket")
+
+WAITING = 0
+RUNNING = 1
+RETRY_WAIT = 2
+ENDING = 3
+ENDED = 4
+_LIVE = (WAITING, RUNNING, RETRY_WAIT)
+
+
+class TaskSpec:
+    """What every task of one bucket shares (one object per bucket, not per task)."""
+
+    __slots__ = ("backoff", "bucket", "hooks", "max_retries", "name", "verbose")
+
+    def __init__(
+        self,
+        bucket: pykka.ActorRef[Any],
+        hooks: HookTable,
+        name: str,
+        verbose: bool,
+        max_retries: int,
+        backoff: float,
+    ) -> None:
+        self.bucket = bucket
+        self.hooks = hooks
+        self.name = name
+        self.verbose = verbose
+        self.max_retries = max_retries
+        self.backoff = backoff
+
+
+class TaskActor(RuntimeActor):
+    """Runs one task: its timers, its ``on_execute``, drain-as-stop and panic.
+
+    Started by its :class:`~gobucket.actors.bucket.BucketActor`, which it tells
+    :class:`~gobucket.actors.messages.TaskEnded` once its end is done (or
+    :class:`~gobucket.actors.messages.TaskFailed` from ``on_failure`` if it crashes).
+    """
+
+    def __init__(
+        self,
+        spec: TaskSpec,
+        task_id: str,
+        data: Any,
+        task_type: TaskType,
+        run_after: float,
+        life_span: float,
+        filled_at: float | None = None,
+        crashed: BaseException | None = None,
+    ) -> None:
+        super().__init__()
+        now = time.monotonic() if filled_at is None else filled_at
+        self.spec = spec
+        self.task_id = task_id
+        self.data = data
+        self.ctx = TaskContext(task_id, spec.name, task_type, now, now + life_span)
+        self.run_after = run_after
+        self.state = WAITING
+        self.outcome: m.Outcome | None = None
+        self._fire: Timer | None = None
+        self._expire: Timer | None = None
+        self._running: RunHandle | None = None
+        self._waiters: list[pykka.Future[Any]] | None = None
+        self._crashed = crashed
+
+    # lifecycle -------------------------------------------------------------------
+    def on_start(self) -> None:
+        """Arm the life-span timer, then run at once or arm the ``run_after`` timer."""
+        if self._crashed is not None:
+            self._end(m.Outcome.EXECUTE_ERROR, self._crashed)
+            return
+        timers = self.runtime.timers
+        ctx = self.ctx
+        self._expire = timers.schedule(ctx.deadline, self.actor_ref, m.EXPIRE)
+        if self.run_after > 0:
+            self._fire = timers.schedule(ctx.filled_at + self.run_after, self.actor_ref, m.FIRE)
+            if self.spec.verbose:
+                logger.info("[%s] task %s waits %.3fs", self.spec.name, self.task_id,
+                            self.run_after)
+        else:
+            self._execute()
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Tell the bucket (our supervisor), which gives the task its end and frees its id."""
+        self._disarm()
+        claimed = self.outcome if self.state >= ENDING else None
+        tell_quietly(
+            self.spec.bucket,
+            m.TaskFailed(self.task_id, claimed, exception_value, self.data, self.ctx.task_type,
+                         self.ctx.remaining()),
+        )
+
+    def on_receive(self, message: Any) -> Any:
+        """Handle Fire, Expire, Retry, Drain, Panic and hook results."""
+        kind = type(message)
+        if kind is m.HookDone:
+            if message.kind is m.HookKind.EXECUTE:
+                self._on_executed(message.error)
+            else:
+                self._on_end_done(message.error)
+            return None
+        if kind is m.Fire:
+            if self.state == WAITING:
+                self._fire = None
+                self._execute()
+            return None
+        if kind is m.Expire:
+            if self.state in _LIVE:
+                self._expire = None
+                self._end(m.Outcome.EXHAUSTED)
+            return None
+        if kind is m.Retry:
+            if self.state == RETRY_WAIT:
+                self._fire = None
+                self._execute()
+            return None
+        if kind is m.Drain:
+            return self._drain(message.reply)
+        if kind is m.Panic:
+            return self._panic()
+        return super().on_receive(message)
+
+    # transitions -------------------------------------------------------------------
+    def _execute(self) -> None:
+        self.state = RUNNING
+        ctx = self.ctx
+        ctx.attempt += 1
+        entry = self.spec.hooks.execute
+        if self.spec.verbose:
+            logger.info("[%s] task %s executing (attempt %d)", self.spec.name, self.task_id,
+                        ctx.attempt)
+        if entry is None:
+            self._on_executed(None)
+            return
+        self._running = self._submit(entry, (ctx, self.task_id, self.data), m.HookKind.EXECUTE)
+
+    def _on_executed(self, error: BaseException | None) -> None:
+        if self.state != RUNNING:
+            return  # a late result: the task already ended another way
+        self._running = None
+        if error is None:
+            self._end(m.Outcome.FINISHED)
+            return
+        spec = self.spec
+        ctx = self.ctx
+        if ctx.attempt <= spec.max_retries:
+            due = time.monotonic() + spec.backoff * (2 ** (ctx.attempt - 1))
+            if due < ctx.deadline:
+                if spec.verbose:
+                    logger.info("[%s] task %s failed attempt %d (%r); retrying", spec.name,
+                                self.task_id, ctx.attempt, error)
+                self.state = RETRY_WAIT
+                self._fire = self.runtime.timers.schedule(due, self.actor_ref, m.RETRY)
+                return
+        self._end(m.Outcome.EXECUTE_ERROR, error)
+
+    def _end(
+        self, outcome: m.Outcome, error: BaseException | None = None, *, urgent: bool = False
+    ) -> None:
+        self.state = ENDING
+        self.outcome = outcome
+        self._disarm()
+        hooks = self.spec.hooks
+        if self.spec.verbose:
+            logger.info("[%s] task %s ending: %s%s", self.spec.name, self.task_id,
+                        outcome.value, f" ({error!r})" if error is not None else "")
+        args: tuple[Any, ...] = (self.ctx, self.task_id, self.data)
+        if outcome is m.Outcome.FINISHED:
+            entry = hooks.finish
+        elif outcome is m.Outcome.EXECUTE_ERROR:
+            entry = hooks.execute_error
+            args = (*args, error)
+        elif outcome is m.Outcome.EXHAUSTED:
+            entry = hooks.exhausted
+        else:
+            entry = hooks.panic
+        if entry is None:
+            self._on_end_done(None)
+        else:
+            self._submit(entry, args, m.HookKind.END, urgent=urgent)
+
+    def _on_end_done(self, error: BaseException | None) -> None:
+        if self.state != ENDING:
+            return
+        if error is not None:
+            logger.error("[%s] %s hook of task %s raised", self.spec.name,
+                         self.outcome.value if self.outcome else "end", self.task_id,
+                         exc_info=(type(error), error, error.__traceback__))
+        self.state = ENDED
+        assert self.outcome is not None
+        tell_quietly(self.spec.bucket, m.TaskEnded(self.task_id, self.outcome))
+        if self._waiters:
+            rescued = self.outcome is m.Outcome.PANICKED
+            for waiter in self._waiters:
+                waiter.set(rescued)
+        self._stop()
+
+    def _drain(self, reply: pykka.Future[Any] | None) -> bool:
+        if self.state not in _LIVE:
+            if reply is not None:
+                err = TaskNotFoundError(self.task_id, "is already ending")
+                reply.set_exception((type(err), err, None))
+            return False
+        self.state = ENDED
+        self.outcome = m.Outcome.DRAINED
+        self._disarm()
+        if self.spec.verbose:
+            logger.info("[%s] task %s drained", self.spec.name, self.task_id)
+        if reply is not None:
+            tell_quietly(self.spec.bucket, m.TaskEnded(self.task_id, m.Outcome.DRAINED, reply))
+        self._stop()
+        return True
+
+    def _panic(self) -> Any:
+        if self.state == ENDED:
+            return False
+        waiter = self.defer_reply()
+        if waiter is not None:
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(waiter)
+        if self.state in _LIVE:
+            self._end(m.Outcome.PANICKED, urgent=True)
+        return None
+
+    # helpers -------------------------------------------------------------------------
+    def _disarm(self) -> None:
+        self.ctx._cancel()
+        timers = self.runtime.timers
+        if self._fire is not None:
+            timers.cancel(self._fire)
+            self._fire = None
+        if self._expire is not None:
+            timers.cancel(self._expire)
+            self._expire = None
+        running = self._running
+        if running is not None:
+            self._running = None
+            running.cancel()
+
+    def _submit(
+        self,
+        entry: tuple[Hook, bool],
+        args: tuple[Any, ...],
+        kind: m.HookKind,
+        *,
+        urgent: bool = False,
+    ) -> RunHandle | None:
+        fn, is_async = entry
+        if is_async:
+            return self.runtime.async_runner.submit(fn, args, self.actor_ref, kind, urgent=urgent)
+        self.runtime.threads.submit(fn, args, self.actor_ref, kind, urgent=urgent)
+        return None

@@ -1,0 +1,275 @@
+"""TaskBucket: the standalone bucket's facade over its BucketActor."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+import pykka
+
+from gobucket.actors import messages as m
+from gobucket.actors.bucket import BucketActor, BucketStats
+from gobucket.actors.runtime import ActorRuntime, default_runtime
+from gobucket.config import BucketConfig, Duration, TaskType, to_seconds
+from gobucket.errors import BucketClosedError, InvalidArgumentError
+from gobucket.executors.base import Executor, HookTable
+
+if TYPE_CHECKING:
+    from gobucket.recovery.sinks import RescueSink
+
+__all__ = ["TaskBucket", "validate_task_id"]
+
+logger = logging.getLogger("gobucket")
+
+
+def validate_task_id(task_id: object) -> str:
+    """Return ``task_id`` if it is a non-empty string, else raise InvalidArgumentError."""
+    if not isinstance(task_id, str):
+        raise InvalidArgumentError(f"task id must be a str, not {type(task_id).__name__}")
+    if not task_id:
+        raise InvalidArgumentError("task id must be a non-empty string")
+    return task_id
+
+
+class TaskBucket:
+    """A bucket of in-memory background tasks, each run by its own actor.
+
+    Example::
+
+        config = BucketConfig(life_span=5.0, max_bucket=1024, run_after=1.0)
+        with TaskBucket(config, MyExecutor()) as bucket:
+            bucket.fill(TaskType.IMMEDIATE, "process::1", {"name": "Johnson"})
+            bucket.fill(TaskType.TIME_BOMB, "process::2", data, run_after=0.5)
+            bucket.drain("process::2")
+            bucket.join(timeout=10)
+
+    Every accepted task ends exactly once: ``on_finish``, ``on_execute_error``,
+    ``on_task_exhausted``, ``on_panic`` (rescued) or drained (no hook). It stays
+    in the bucket (``len``, ``in``) until that end is done.
+
+    Args:
+        config: life span, capacity, default ``run_after``, verbosity.
+        executor: the hooks (an :class:`~gobucket.Executor`).
+        runtime: the actor runtime to run on (the process default if omitted).
+        rescue_sink: where :meth:`rescue` writes rescued tasks (see
+            :mod:`gobucket.recovery`), after each ``on_panic`` returned.
+    """
+
+    def __init__(
+        self,
+        config: BucketConfig,
+        executor: Executor,
+        *,
+        runtime: ActorRuntime | None = None,
+        rescue_sink: RescueSink | None = None,
+    ) -> None:
+        if not isinstance(config, BucketConfig):
+            raise InvalidArgumentError(
+                f"config must be a BucketConfig, not {type(config).__name__}"
+            )
+        hooks = HookTable(executor)
+        self._config = config
+        self._executor = executor
+        self._runtime = runtime or default_runtime()
+        self._rescue_sink = rescue_sink
+        self._ref: pykka.ActorRef[BucketActor] = BucketActor.start_on(
+            self._runtime, config, hooks
+        )
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    # properties ------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The bucket's name (``config.name``)."""
+        return self._config.name
+
+    @property
+    def config(self) -> BucketConfig:
+        """The configuration this bucket was made with."""
+        return self._config
+
+    @property
+    def executor(self) -> Executor:
+        """The executor whose hooks run the tasks."""
+        return self._executor
+
+    @property
+    def actor_ref(self) -> pykka.ActorRef[BucketActor]:
+        """The pykka ref of this bucket's BucketActor."""
+        return self._ref
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    # the API -------------------------------------------------------------------------
+    def fill(
+        self,
+        task_type: TaskType,
+        id: str,
+        data: Any = None,
+        *,
+        run_after: Duration | None = None,
+        life_span: Duration | None = None,
+    ) -> None:
+        """Put a task in the bucket; it runs now (IMMEDIATE) or after ``run_after`` (TIME_BOMB).
+
+        ``run_after`` and ``life_span`` override the config for this task.
+
+        Raises:
+            DuplicateTaskError: a task with this id is alive.
+            BucketFullError: ``max_bucket`` tasks are alive.
+            InvalidArgumentError: a bad id, type or duration (nothing changed).
+            BucketClosedError: the bucket was closed.
+        """
+        self._ask(self.prepare_fill(task_type, id, data, run_after=run_after,
+                                    life_span=life_span))
+
+    def prepare_fill(
+        self,
+        task_type: TaskType,
+        id: str,
+        data: Any = None,
+        *,
+        run_after: Duration | None = None,
+        life_span: Duration | None = None,
+    ) -> m.FillTask:
+        """Validate a fill's arguments and build its message (used by groups too)."""
+        if not isinstance(task_type, TaskType):
+            try:
+                task_type = TaskType(task_type)
+            except ValueError:
+                raise InvalidArgumentError(
+                    f"task_type must be a TaskType, not {task_type!r}"
+                ) from None
+        validate_task_id(id)
+        cfg = self._config
+        life = cfg.life_span if life_span is None else to_seconds(life_span, "life_span",
+                                                                   allow_zero=False)
+        if task_type is TaskType.TIME_BOMB:
+            after = cfg.run_after if run_after is None else to_seconds(run_after, "run_after")
+            if life <= after:
+                raise InvalidArgumentError(
+                    f"life_span ({life}s) must be longer than run_after ({after}s) for a "
+                    "time bomb, or it would be exhausted before it runs"
+                )
+        else:
+            if run_after is not None and to_seconds(run_after, "run_after") != 0:
+                raise InvalidArgumentError(
+                    "run_after applies to TaskType.TIME_BOMB only; an IMMEDIATE task runs now"
+                )
+            after = 0.0
+        if self._closed:
+            raise BucketClosedError(f"bucket {self.name!r} is closed")
+        return m.FillTask(task_type, id, data, after, life)
+
+    def drain(self, id: str) -> None:
+        """Stop a live task and remove it, with no hook.
+
+        A task that has not started never starts; a running one has its context
+        cancelled and its late result dropped. Its id is free when this returns.
+
+        Raises:
+            TaskNotFoundError: no live task has this id, or it is already ending.
+        """
+        validate_task_id(id)
+        self._ask(m.DrainTask(id))
+
+    def rescue(self, timeout: float | None = None) -> int:
+        """Run ``on_panic`` for every live task; return how many were rescued.
+
+        Returns once every ``on_panic`` returned (and, with a rescue sink, once
+        every rescued task was written). Safe from any thread, an ``except``
+        block or a signal handler. Tasks filled afterwards are not affected.
+        """
+        futures: list[pykka.Future[Any]] = self._ask(m.RescueAll())
+        rescued = 0
+        for future in futures:
+            try:
+                if future.get(timeout=timeout):
+                    rescued += 1
+            except pykka.ActorDeadError:
+                continue
+        if self._config.verbose:
+            logger.info("[%s] rescued %d task(s)", self.name, rescued)
+        return rescued
+
+    def join(self, timeout: float | timedelta | None = None) -> bool:
+        """Wait until no task is alive; return False if ``timeout`` passed first."""
+        wait = None if timeout is None else to_seconds(timeout, "timeout")
+        try:
+            future = self._ref.ask(m.AwaitEmpty(), block=False)
+            return bool(future.get(timeout=wait))
+        except pykka.Timeout:
+            return False
+        except pykka.ActorDeadError:
+            return True
+
+    def stats(self) -> BucketStats:
+        """A snapshot of the bucket's counters (alive, finished, drained, ...)."""
+        stats: BucketStats = self._ask(m.GetStats())
+        return stats
+
+    def close(self, *, wait: bool = True, timeout: float | None = None) -> int:
+        """Refuse further fills, let live tasks end, then stop the bucket's actor.
+
+        With ``wait`` (the default) live tasks may end on their own for up to
+        ``timeout`` seconds (forever if None); whatever is still alive then is
+        rescued through ``on_panic``, so nothing is dropped silently. Returns how
+        many tasks were rescued. Calling it again does nothing.
+        """
+        with self._close_lock:
+            if self._closed:
+                return 0
+            self._closed = True
+        try:
+            self._ref.ask(m.CloseBucket())
+        except pykka.ActorDeadError:
+            return 0
+        if wait:
+            self.join(timeout)
+        rescued = self.rescue() if len(self) else 0
+        self.join(5.0)
+        self._ref.stop()
+        return rescued
+
+    def __len__(self) -> int:
+        try:
+            count: int = self._ref.ask(m.Count())
+        except pykka.ActorDeadError:
+            return 0
+        return count
+
+    def __contains__(self, id: object) -> bool:
+        if not isinstance(id, str):
+            return False
+        try:
+            return bool(self._ref.ask(m.Contains(id)))
+        except pykka.ActorDeadError:
+            return False
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close(wait=exc_type is None)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<TaskBucket {self.name!r} {state} max={self._config.max_bucket}>"
+
+    def _ask(self, message: Any) -> Any:
+        try:
+            return self._ref.ask(message)
+        except pykka.ActorDeadError:
+            raise BucketClosedError(f"bucket {self.name!r} is closed") from None

@@ -1,0 +1,98 @@
+"""Bucket configuration and task types."""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from gobucket.errors import InvalidArgumentError
+
+__all__ = ["BucketConfig", "Duration", "TaskType", "to_seconds"]
+
+Duration = float | int | timedelta
+"""A length of time: seconds as a number, or a :class:`datetime.timedelta`."""
+
+
+class TaskType(enum.Enum):
+    """When a filled task runs."""
+
+    IMMEDIATE = "immediate"
+    """Run ``on_execute`` at once (the seed's ``ImmidiateTask``)."""
+
+    TIME_BOMB = "time_bomb"
+    """Wait ``run_after`` first, then run ``on_execute`` (the seed's ``TimeBombTask``)."""
+
+
+def to_seconds(value: Duration, name: str, *, allow_zero: bool = True) -> float:
+    """Convert a duration to float seconds, refusing negatives, NaN and non-numbers."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgumentError(
+            f"{name} must be a number of seconds or a timedelta, not {type(value).__name__}"
+        )
+    else:
+        seconds = float(value)
+    if math.isnan(seconds) or math.isinf(seconds):
+        raise InvalidArgumentError(f"{name} must be finite, got {seconds!r}")
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise InvalidArgumentError(f"{name} must be {bound} seconds, got {seconds!r}")
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class BucketConfig:
+    """How a :class:`~gobucket.TaskBucket` behaves.
+
+    Durations are seconds (``float``/``int``) or :class:`datetime.timedelta`;
+    they are normalised to float seconds on construction.
+
+    Example::
+
+        BucketConfig(life_span=5.0, max_bucket=1024, run_after=1.0, verbose=True)
+
+    Attributes:
+        life_span: how long a task may live, counted from its fill; when it runs
+            out first the task ends through ``on_task_exhausted``.
+        max_bucket: how many tasks may be alive at once; one more is refused
+            with :class:`~gobucket.BucketFullError`.
+        run_after: how long a ``TaskType.TIME_BOMB`` task waits before it runs.
+            It must be shorter than ``life_span`` for time bombs to be accepted.
+        verbose: log each task's life on the ``gobucket`` logger (INFO).
+        name: the bucket's name, used in logs, stats and groups.
+        max_retries: how many times ``on_execute`` is tried again after it raised,
+            before ``on_execute_error`` (0 keeps the seed's behaviour).
+        retry_backoff: seconds before the first retry; doubles on each further one.
+    """
+
+    life_span: float = 5.0
+    max_bucket: int = 1024
+    run_after: float = 1.0
+    verbose: bool = False
+    name: str = "default"
+    max_retries: int = 0
+    retry_backoff: float = field(default=0.1)
+
+    def __post_init__(self) -> None:
+        life = to_seconds(self.life_span, "life_span", allow_zero=False)
+        after = to_seconds(self.run_after, "run_after")
+        backoff = to_seconds(self.retry_backoff, "retry_backoff")
+        if isinstance(self.max_bucket, bool) or not isinstance(self.max_bucket, int):
+            raise InvalidArgumentError(
+                f"max_bucket must be an int, not {type(self.max_bucket).__name__}"
+            )
+        if self.max_bucket < 1:
+            raise InvalidArgumentError(f"max_bucket must be >= 1, got {self.max_bucket}")
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int):
+            raise InvalidArgumentError("max_retries must be an int")
+        if self.max_retries < 0:
+            raise InvalidArgumentError(f"max_retries must be >= 0, got {self.max_retries}")
+        if not isinstance(self.name, str) or not self.name:
+            raise InvalidArgumentError("name must be a non-empty string")
+        object.__setattr__(self, "life_span", life)
+        object.__setattr__(self, "run_after", after)
+        object.__setattr__(self, "retry_backoff", backoff)
+        object.__setattr__(self, "verbose", bool(self.verbose))

@@ -1,0 +1,1 @@
+"""Peer discovery for task bucket groups (static lists and mDNS)."""

@@ -1,0 +1,85 @@
+"""One asyncio event loop, on its own thread, for ``async def`` hooks."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pykka
+
+from gobucket.actors.messages import END_OK, EXECUTED_OK, HookDone, HookKind
+
+__all__ = ["AsyncHookRunner"]
+
+logger = logging.getLogger("gobucket.executors")
+
+_OK = {HookKind.EXECUTE: EXECUTED_OK, HookKind.END: END_OK}
+
+
+class AsyncHookRunner:
+    """Runs coroutine hooks on one event loop; the returned handle cancels them for real."""
+
+    def __init__(self, name: str = "gobucket-asyncio") -> None:
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name=name, daemon=True)
+        self._thread.start()
+        ready.wait()
+
+    def _run(self, ready: threading.Event) -> None:
+        from gobucket.actors.runtime import mark_runtime_thread
+
+        mark_runtime_thread()
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(ready.set)
+        self.loop.run_forever()
+
+    def submit(
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        reply_to: pykka.ActorRef[Any],
+        kind: HookKind,
+        *,
+        urgent: bool = False,
+    ) -> concurrent.futures.Future[None]:
+        """Start ``fn(*args)`` on the loop; cancel the returned future to cancel the hook."""
+        return asyncio.run_coroutine_threadsafe(_call(fn, args, reply_to, kind), self.loop)
+
+    def stop(self) -> None:
+        """Stop the loop (running hooks are abandoned)."""
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5.0)
+
+
+async def _call(
+    fn: Callable[..., Awaitable[Any]],
+    args: tuple[Any, ...],
+    reply_to: pykka.ActorRef[Any],
+    kind: HookKind,
+) -> None:
+    try:
+        await fn(*args)
+    except asyncio.CancelledError as error:
+        message = HookDone(kind, error)
+        _report(reply_to, message)
+        raise
+    except BaseException as error:
+        message = HookDone(kind, error)
+    else:
+        message = _OK[kind]
+    _report(reply_to, message)
+
+
+def _report(reply_to: pykka.ActorRef[Any], message: HookDone) -> None:
+    try:
+        reply_to.tell(message)
+    except pykka.ActorDeadError:
+        pass
+    except Exception:
+        logger.exception("could not report a hook result to %s", reply_to)

@@ -1,0 +1,154 @@
+"""The executor interface: the five hooks of a task's life, and runners that call them."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import pykka
+
+    from gobucket.actors.messages import HookKind
+    from gobucket.context import TaskContext
+
+__all__ = ["Executor", "FunctionExecutor", "HookRunner", "HookTable", "RunHandle"]
+
+Hook = Callable[..., Any]
+
+
+class Executor:
+    """The hooks of a task's life; every hook defaults to doing nothing.
+
+    Subclass it and override what you need. Any hook may be a plain method
+    (it runs on a worker thread and may block) or ``async def`` (it runs on
+    gobucket's event loop and is cancelled for real when the task is
+    exhausted). ``data`` is whatever was filled with the task.
+
+    Example::
+
+        class Mailer(Executor):
+            def on_execute(self, ctx, id, data):
+                send_mail(data["to"])          # raise to end through on_execute_error
+
+            def on_panic(self, ctx, id, data):
+                redis.rpush("rescued", id)     # save it before the process dies
+    """
+
+    def on_execute(self, ctx: TaskContext, id: str, data: Any) -> Any:
+        """Do the task's work. Returning ends it with ``on_finish``; raising, ``on_execute_error``."""
+        return None
+
+    def on_finish(self, ctx: TaskContext, id: str, data: Any) -> Any:
+        """Called after ``on_execute`` returned."""
+        return None
+
+    def on_task_exhausted(self, ctx: TaskContext, id: str, data: Any) -> Any:
+        """Called when the life span ran out before ``on_execute`` returned."""
+        return None
+
+    def on_execute_error(self, ctx: TaskContext, id: str, data: Any, error: BaseException) -> Any:
+        """Called after ``on_execute`` raised ``error`` (once retries, if any, are used up)."""
+        return None
+
+    def on_panic(self, ctx: TaskContext, id: str, data: Any) -> Any:
+        """Called for every live task by ``rescue()``: save the task somewhere durable."""
+        return None
+
+
+class FunctionExecutor(Executor):
+    """An executor built from plain functions (sync or ``async``); missing hooks do nothing.
+
+    Example::
+
+        executor = FunctionExecutor(on_execute=lambda ctx, id, data: print(id, data))
+    """
+
+    def __init__(
+        self,
+        on_execute: Hook | None = None,
+        on_finish: Hook | None = None,
+        on_task_exhausted: Hook | None = None,
+        on_execute_error: Hook | None = None,
+        on_panic: Hook | None = None,
+    ) -> None:
+        hooks = {
+            "on_execute": on_execute,
+            "on_finish": on_finish,
+            "on_task_exhausted": on_task_exhausted,
+            "on_execute_error": on_execute_error,
+            "on_panic": on_panic,
+        }
+        for name, fn in hooks.items():
+            if fn is not None:
+                if not callable(fn):
+                    from gobucket.errors import InvalidArgumentError
+
+                    raise InvalidArgumentError(f"{name} must be callable, got {fn!r}")
+                setattr(self, name, fn)
+
+
+class HookTable:
+    """An executor's five hooks, each with whether it is a coroutine function.
+
+    Hooks still equal to the :class:`Executor` defaults are recorded as
+    ``None`` so that the runtime can skip them without a thread hop.
+    """
+
+    __slots__ = ("execute", "execute_error", "exhausted", "finish", "panic")
+
+    def __init__(self, executor: Executor) -> None:
+        if not isinstance(executor, Executor):
+            missing = [
+                n
+                for n in ("on_execute", "on_finish", "on_task_exhausted", "on_execute_error",
+                          "on_panic")
+                if not callable(getattr(executor, n, None))
+            ]
+            if missing:
+                from gobucket.errors import InvalidArgumentError
+
+                raise InvalidArgumentError(
+                    f"executor {executor!r} lacks hooks {missing}; subclass gobucket.Executor"
+                )
+        self.execute = self._entry(executor, "on_execute")
+        self.finish = self._entry(executor, "on_finish")
+        self.exhausted = self._entry(executor, "on_task_exhausted")
+        self.execute_error = self._entry(executor, "on_execute_error")
+        self.panic = self._entry(executor, "on_panic")
+
+    @staticmethod
+    def _entry(executor: Any, name: str) -> tuple[Hook, bool] | None:
+        fn = getattr(executor, name)
+        base = getattr(Executor, name)
+        if getattr(fn, "__func__", None) is base:
+            return None
+        return fn, inspect.iscoroutinefunction(fn)
+
+
+class RunHandle(Protocol):
+    """What a runner returns for a started hook, so that it can be cancelled."""
+
+    def cancel(self) -> bool:
+        """Try to cancel the hook; True if it will not complete normally."""
+        ...
+
+
+class HookRunner(Protocol):
+    """Runs hooks off the dispatcher threads and tells the result back to an actor.
+
+    When the hook returns or raises, the runner tells ``reply_to`` a
+    :class:`~gobucket.actors.messages.HookDone` of ``kind`` with the error (if any).
+    """
+
+    def submit(
+        self,
+        fn: Callable[..., Any] | Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        reply_to: pykka.ActorRef[Any],
+        kind: HookKind,
+        *,
+        urgent: bool = False,
+    ) -> RunHandle | None:
+        """Start ``fn(*args)``; urgent work (rescue) must not wait behind busy workers."""
+        ...

@@ -1,0 +1,1 @@
+"""The group wire protocol: length-prefixed msgpack frames over TCP."""
