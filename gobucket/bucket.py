@@ -6,19 +6,16 @@ import logging
 import threading
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 import pykka
 
 from gobucket.actors import messages as m
 from gobucket.actors.bucket import BucketActor, BucketStats
-from gobucket.actors.runtime import ActorRuntime, default_runtime
+from gobucket.actors.runtime import ActorRuntime, call, default_runtime
 from gobucket.config import BucketConfig, Duration, TaskType, to_seconds
 from gobucket.errors import BucketClosedError, InvalidArgumentError
 from gobucket.executors.base import Executor, HookTable
-
-if TYPE_CHECKING:
-    from gobucket.recovery.sinks import RescueSink
 
 __all__ = ["TaskBucket", "validate_task_id"]
 
@@ -54,8 +51,6 @@ class TaskBucket:
         config: life span, capacity, default ``run_after``, verbosity.
         executor: the hooks (an :class:`~gobucket.Executor`).
         runtime: the actor runtime to run on (the process default if omitted).
-        rescue_sink: where :meth:`rescue` writes rescued tasks (see
-            :mod:`gobucket.recovery`), after each ``on_panic`` returned.
     """
 
     def __init__(
@@ -64,7 +59,6 @@ class TaskBucket:
         executor: Executor,
         *,
         runtime: ActorRuntime | None = None,
-        rescue_sink: RescueSink | None = None,
     ) -> None:
         if not isinstance(config, BucketConfig):
             raise InvalidArgumentError(
@@ -74,10 +68,7 @@ class TaskBucket:
         self._config = config
         self._executor = executor
         self._runtime = runtime or default_runtime()
-        self._rescue_sink = rescue_sink
-        self._ref: pykka.ActorRef[BucketActor] = BucketActor.start_on(
-            self._runtime, config, hooks
-        )
+        self._ref: pykka.ActorRef[BucketActor] = BucketActor.start_on(self._runtime, config, hooks)
         self._closed = False
         self._close_lock = threading.Lock()
 
@@ -127,8 +118,7 @@ class TaskBucket:
             InvalidArgumentError: a bad id, type or duration (nothing changed).
             BucketClosedError: the bucket was closed.
         """
-        self._ask(self.prepare_fill(task_type, id, data, run_after=run_after,
-                                    life_span=life_span))
+        self._ask(self.prepare_fill(task_type, id, data, run_after=run_after, life_span=life_span))
 
     def prepare_fill(
         self,
@@ -149,8 +139,11 @@ class TaskBucket:
                 ) from None
         validate_task_id(id)
         cfg = self._config
-        life = cfg.life_span if life_span is None else to_seconds(life_span, "life_span",
-                                                                   allow_zero=False)
+        life = (
+            cfg.life_span
+            if life_span is None
+            else to_seconds(life_span, "life_span", allow_zero=False)
+        )
         if task_type is TaskType.TIME_BOMB:
             after = cfg.run_after if run_after is None else to_seconds(run_after, "run_after")
             if life <= after:
@@ -240,7 +233,7 @@ class TaskBucket:
 
     def __len__(self) -> int:
         try:
-            count: int = self._ref.ask(m.Count())
+            count: int = call(self._ref, m.Count())
         except pykka.ActorDeadError:
             return 0
         return count
@@ -249,7 +242,7 @@ class TaskBucket:
         if not isinstance(id, str):
             return False
         try:
-            return bool(self._ref.ask(m.Contains(id)))
+            return bool(call(self._ref, m.Contains(id)))
         except pykka.ActorDeadError:
             return False
 
@@ -270,6 +263,6 @@ class TaskBucket:
 
     def _ask(self, message: Any) -> Any:
         try:
-            return self._ref.ask(message)
+            return call(self._ref, message)
         except pykka.ActorDeadError:
             raise BucketClosedError(f"bucket {self.name!r} is closed") from None

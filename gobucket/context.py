@@ -28,8 +28,16 @@ class TaskContext:
         attempt: 1 on the first run of ``on_execute``, 2 on the first retry, ...
     """
 
-    __slots__ = ("_cancelled", "_event", "attempt", "bucket", "deadline", "filled_at",
-                 "task_id", "task_type")
+    __slots__ = (
+        "_cancelled",
+        "_event",
+        "attempt",
+        "bucket",
+        "deadline",
+        "filled_at",
+        "task_id",
+        "task_type",
+    )
 
     def __init__(
         self,
@@ -69,13 +77,12 @@ class TaskContext:
         return self._event.wait(timeout)
 
     def _cancel(self) -> None:
+        # The flag is written before the event is read, and wait_cancelled
+        # reads the flag after it published the event: no lock needed here.
         self._cancelled = True
-        if self._event is not None:
-            self._event.set()
-        else:
-            with _wake_lock:
-                if self._event is not None:
-                    self._event.set()
+        event = self._event
+        if event is not None:
+            event.set()
 
     def __repr__(self) -> str:
         state = "cancelled" if self._cancelled else "live"

@@ -67,8 +67,14 @@ class BucketActor(RuntimeActor):
     def __init__(self, config: BucketConfig, hooks: HookTable) -> None:
         super().__init__()
         self.config = config
-        self.spec = TaskSpec(self.actor_ref, hooks, config.name, config.verbose,
-                             config.max_retries, config.retry_backoff)
+        self.spec = TaskSpec(
+            self.actor_ref,
+            hooks,
+            config.name,
+            config.verbose,
+            config.max_retries,
+            config.retry_backoff,
+        )
         self.tasks: dict[str, pykka.ActorRef[TaskActor]] = {}
         self.closed = False
         self._empty_waiters: list[pykka.Future[Any]] = []
@@ -129,10 +135,10 @@ class BucketActor(RuntimeActor):
             )
         run_after = msg.run_after if msg.task_type is TaskType.TIME_BOMB else 0.0
         if self.config.verbose:
-            logger.info("[%s] task %s filled (%s)", self.config.name, task_id,
-                        msg.task_type.value)
-        ref = TaskActor.start_on(self.runtime, self.spec, task_id, msg.data, msg.task_type,
-                                 run_after, msg.life_span)
+            logger.info("[%s] task %s filled (%s)", self.config.name, task_id, msg.task_type.value)
+        ref = TaskActor.start_on(
+            self.runtime, self.spec, task_id, msg.data, msg.task_type, run_after, msg.life_span
+        )
         tasks[task_id] = ref  # even if it already ended inline: its TaskEnded is queued
         self._filled += 1
 
@@ -140,7 +146,7 @@ class BucketActor(RuntimeActor):
         ref = self.tasks.get(task_id)
         if ref is None:
             raise TaskNotFoundError(task_id)
-        ran, drained = ref.actor_inbox.try_inline(m.DRAIN)  # type: ignore[attr-defined]
+        ran, drained = ref.actor_inbox.call(m.DRAIN)  # type: ignore[attr-defined]
         if ran:
             if not drained:
                 raise TaskNotFoundError(task_id, "is already ending")
@@ -178,8 +184,14 @@ class BucketActor(RuntimeActor):
         error = TaskActorCrashedError(f"the actor of task {msg.task_id!r} failed: {msg.error!r}")
         error.__cause__ = msg.error
         replacement = TaskActor.start_on(
-            self.runtime, self.spec, msg.task_id, msg.data, msg.task_type, 0.0,
-            max(0.001, msg.remaining), crashed=error,
+            self.runtime,
+            self.spec,
+            msg.task_id,
+            msg.data,
+            msg.task_type,
+            0.0,
+            max(0.001, msg.remaining),
+            crashed=error,
         )
         self.tasks[msg.task_id] = replacement
 
@@ -200,4 +212,3 @@ class BucketActor(RuntimeActor):
             crashed=self._crashed,
             closed=self.closed,
         )
-

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import pykka
 
@@ -80,9 +80,12 @@ class Panic:
     """Rescue the task: run ``on_panic``; answered (True/False) once that hook returned."""
 
 
-@dataclass(frozen=True, slots=True)
-class HookDone:
-    """A hook runner finished a hook; ``error`` is what it raised, if anything."""
+class HookDone(NamedTuple):
+    """A hook runner finished a hook; ``error`` is what it raised, if anything.
+
+    (The messages on the hot path are NamedTuples: as immutable as a frozen
+    dataclass, and four times cheaper to build.)
+    """
 
     kind: HookKind
     error: BaseException | None = None
@@ -103,8 +106,7 @@ END_OK = HookDone(HookKind.END)
 # --- BucketActor ------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class FillTask:
+class FillTask(NamedTuple):
     """Admit a task (answered with None, or an error)."""
 
     task_type: TaskType
@@ -126,8 +128,7 @@ class RescueAll:
     """Send Panic to every live task; answered with their panic futures."""
 
 
-@dataclass(frozen=True, slots=True)
-class TaskEnded:
+class TaskEnded(NamedTuple):
     """A TaskActor's end is done; the bucket frees its id."""
 
     task_id: str

@@ -47,18 +47,29 @@ if TYPE_CHECKING:
     from gobucket.executors.async_ import AsyncHookRunner
     from gobucket.executors.thread import ThreadHookRunner
 
-__all__ = ["ActorRuntime", "Mailbox", "RuntimeActor", "default_runtime", "tell_quietly"]
+__all__ = [
+    "ActorRuntime",
+    "Mailbox",
+    "RuntimeActor",
+    "call",
+    "default_runtime",
+    "tell_quietly",
+]
 
 logger = logging.getLogger("gobucket.runtime")
 
 MAX_INLINE_DEPTH = 2
 """How deeply inline deliveries may nest on one thread before messages are queued."""
 
+RELEASE_ROUNDS = 4
+"""Batches of late messages a thread handles before it hands an actor to a dispatcher."""
+
 _IDLE = 0
 _SCHEDULED = 1
 _RUNNING = 2
 
 _local = threading.local()
+_NOTHING: list[Any] = []  # stands for "nothing was queued"; never appended to
 _urns = itertools.count(1)
 
 
@@ -113,7 +124,12 @@ class _StopFlag(threading.Event):
 
 
 class Mailbox:
-    """An actor's inbox on the shared runtime (pykka's ``ActorInbox`` protocol)."""
+    """An actor's inbox on the shared runtime (pykka's ``ActorInbox`` protocol).
+
+    States: idle, scheduled (queued on the run queue), running (one thread is
+    handling its messages). Whoever moves it to running handles every queued
+    message in order before letting go, so an actor never runs on two threads.
+    """
 
     __slots__ = ("_actor", "_items", "_lock", "_state")
 
@@ -125,25 +141,44 @@ class Mailbox:
 
     # pykka's ActorInbox protocol -------------------------------------------------
     def put(self, envelope: Envelope[Any], /) -> None:
-        """Deliver a message: run it inline when allowed, else queue and schedule."""
-        actor = self._actor
-        assert actor is not None
+        """Deliver a message: run it inline when allowed, else queue and schedule.
+
+        An asker (or a runtime thread) that finds the actor not running takes it
+        over: it runs the messages already queued, then its own, on its thread.
+        A dispatcher that later pops the mailbox finds it taken and skips it.
+        """
         lock = self._lock
         lock.acquire()
         if (
-            self._state == _IDLE
+            self._state != _RUNNING
             and (envelope.reply_to is not None or _runtime_thread())
             and _depth() < MAX_INLINE_DEPTH
         ):
             self._state = _RUNNING
+            queued = self._items
+            if queued:
+                self._items = []
+            else:
+                queued = _NOTHING
             lock.release()
-            self._run_inline(actor, envelope)
+            actor = self._actor
+            assert actor is not None
+            _local.depth = _depth() + 1
+            try:
+                if queued:
+                    for item in queued:
+                        actor._process(item)
+                actor._process(envelope)
+            finally:
+                _local.depth -= 1
+                self._release(actor)
             return
         self._items.append(envelope)
         if self._state == _IDLE:
             self._state = _SCHEDULED
             lock.release()
-            actor.runtime.schedule(self)
+            assert self._actor is not None
+            self._actor.runtime.schedule(self)
             return
         lock.release()
 
@@ -157,38 +192,61 @@ class Mailbox:
         return not self._items
 
     # runtime side ----------------------------------------------------------------
-    def try_inline(self, message: Any) -> tuple[bool, Any]:
-        """Run ``message`` now on this thread if the actor is idle.
+    def call(self, message: Any, *, idle_only: bool = False) -> tuple[bool, Any]:
+        """Handle ``message`` on this thread now, if the actor is not running elsewhere.
 
-        Returns ``(True, result)`` when it ran, ``(False, None)`` when the actor
-        is busy (nothing was queued). Exceptions from the handler propagate.
+        This is ``ask`` without the future: messages already queued are handled
+        first (order is kept), then ``message``, whose handler's return value is
+        given back as ``(True, result)`` and whose exception propagates. When
+        the actor is busy on another thread (or, with ``idle_only``, has
+        anything queued) nothing happens and ``(False, None)`` is returned.
         """
-        actor = self._actor
-        assert actor is not None
         lock = self._lock
         lock.acquire()
-        if self._state != _IDLE or _depth() >= MAX_INLINE_DEPTH:
+        state = self._state
+        if state == _RUNNING or (idle_only and state != _IDLE) or _depth() >= MAX_INLINE_DEPTH:
             lock.release()
             return False, None
         self._state = _RUNNING
+        queued = self._items
+        if queued:
+            self._items = []
+        else:
+            queued = _NOTHING
         lock.release()
+        actor = self._actor
+        assert actor is not None
         _local.depth = _depth() + 1
         try:
+            if queued:
+                for item in queued:
+                    actor._process(item)
+                if actor.actor_stopped.is_set():
+                    raise pykka.ActorDeadError(f"{actor} stopped before handling the message")
             return True, actor._handle_direct(message)
         finally:
             _local.depth -= 1
             self._release(actor)
 
-    def _run_inline(self, actor: RuntimeActor, envelope: Envelope[Any]) -> None:
-        _local.depth = _depth() + 1
-        try:
-            actor._process(envelope)
-        finally:
-            _local.depth -= 1
-            self._release(actor)
-
     def _release(self, actor: RuntimeActor) -> None:
+        """Let go of a running actor, first handling what arrived meanwhile.
+
+        Messages that landed while we ran (often sent by the handler itself)
+        are handled here, up to :data:`RELEASE_ROUNDS` batches, rather than
+        waking a dispatcher for them.
+        """
         lock = self._lock
+        for _ in range(RELEASE_ROUNDS):
+            lock.acquire()
+            items = self._items
+            if not items:
+                self._state = _IDLE
+                lock.release()
+                return
+            self._items = []
+            lock.release()
+            for envelope in items:
+                actor._process(envelope)
         lock.acquire()
         if self._items:
             self._state = _SCHEDULED
@@ -200,17 +258,30 @@ class Mailbox:
 
     def run_batch(self) -> None:
         """Run every queued message (called by a dispatcher thread)."""
-        actor = self._actor
-        assert actor is not None
         lock = self._lock
         lock.acquire()
+        if self._state != _SCHEDULED:  # taken over by an asker, or already run
+            lock.release()
+            return
         items = self._items
         self._items = []
         self._state = _RUNNING
         lock.release()
+        actor = self._actor
+        assert actor is not None
         for envelope in items:
             actor._process(envelope)
         self._release(actor)
+
+
+def call(ref: pykka.ActorRef[Any], message: Any, timeout: float | None = None) -> Any:
+    """Ask ``ref`` and wait: inline when the actor is free, through its mailbox otherwise."""
+    inbox = ref.actor_inbox
+    if type(inbox) is Mailbox and ref.is_alive():
+        done, result = inbox.call(message)
+        if done:
+            return result
+    return ref.ask(message, timeout=timeout)
 
 
 class ActorRuntime:
@@ -363,7 +434,7 @@ class RuntimeActor(pykka.Actor):
         return LatchFuture()
 
     def _start_actor_loop(self) -> None:
-        ok, _ = self.actor_inbox.try_inline(_START)  # type: ignore[attr-defined]
+        ok, _ = self.actor_inbox.call(_START, idle_only=True)  # type: ignore[attr-defined]
         if not ok:
             self.actor_ref.tell(_START)
 
@@ -395,13 +466,15 @@ class RuntimeActor(pykka.Actor):
             reply_to.set(response)  # type: ignore[union-attr]
 
     def _handle_direct(self, message: Any) -> Any:
+        if type(message) in _PYKKA_MESSAGES:
+            return self._handle_receive(message)
         if message is _START:
             try:
                 self.on_start()
             except Exception:
                 self._crash(*sys.exc_info())
             return None
-        return self._handle_receive(message)
+        return self.on_receive(message)
 
     def defer_reply(self) -> pykka.Future[Any] | None:
         """Take over the reply of the ``ask`` being handled; answer it later yourself."""
@@ -460,6 +533,14 @@ class _Start:
 
 
 _START = _Start()
+_PYKKA_MESSAGES = frozenset(
+    {
+        pykka_messages._ActorStop,
+        pykka_messages.ProxyCall,
+        pykka_messages.ProxyGetAttr,
+        pykka_messages.ProxySetAttr,
+    }
+)
 
 
 def _fail_dead(actor: RuntimeActor, reply_to: pykka.Future[Any], message: Any) -> None:

@@ -106,8 +106,9 @@ class TaskActor(RuntimeActor):
         if self.run_after > 0:
             self._fire = timers.schedule(ctx.filled_at + self.run_after, self.actor_ref, m.FIRE)
             if self.spec.verbose:
-                logger.info("[%s] task %s waits %.3fs", self.spec.name, self.task_id,
-                            self.run_after)
+                logger.info(
+                    "[%s] task %s waits %.3fs", self.spec.name, self.task_id, self.run_after
+                )
         else:
             self._execute()
 
@@ -122,8 +123,14 @@ class TaskActor(RuntimeActor):
         claimed = self.outcome if self.state >= ENDING else None
         tell_quietly(
             self.spec.bucket,
-            m.TaskFailed(self.task_id, claimed, exception_value, self.data, self.ctx.task_type,
-                         self.ctx.remaining()),
+            m.TaskFailed(
+                self.task_id,
+                claimed,
+                exception_value,
+                self.data,
+                self.ctx.task_type,
+                self.ctx.remaining(),
+            ),
         )
 
     def on_receive(self, message: Any) -> Any:
@@ -163,8 +170,9 @@ class TaskActor(RuntimeActor):
         ctx.attempt += 1
         entry = self.spec.hooks.execute
         if self.spec.verbose:
-            logger.info("[%s] task %s executing (attempt %d)", self.spec.name, self.task_id,
-                        ctx.attempt)
+            logger.info(
+                "[%s] task %s executing (attempt %d)", self.spec.name, self.task_id, ctx.attempt
+            )
         if entry is None:
             self._on_executed(None)
             return
@@ -183,8 +191,13 @@ class TaskActor(RuntimeActor):
             due = time.monotonic() + spec.backoff * (2 ** (ctx.attempt - 1))
             if due < ctx.deadline:
                 if spec.verbose:
-                    logger.info("[%s] task %s failed attempt %d (%r); retrying", spec.name,
-                                self.task_id, ctx.attempt, error)
+                    logger.info(
+                        "[%s] task %s failed attempt %d (%r); retrying",
+                        spec.name,
+                        self.task_id,
+                        ctx.attempt,
+                        error,
+                    )
                 self.state = RETRY_WAIT
                 self._fire = self.runtime.timers.schedule(due, self.actor_ref, m.RETRY)
                 return
@@ -198,8 +211,13 @@ class TaskActor(RuntimeActor):
         self._disarm()
         hooks = self.spec.hooks
         if self.spec.verbose:
-            logger.info("[%s] task %s ending: %s%s", self.spec.name, self.task_id,
-                        outcome.value, f" ({error!r})" if error is not None else "")
+            logger.info(
+                "[%s] task %s ending: %s%s",
+                self.spec.name,
+                self.task_id,
+                outcome.value,
+                f" ({error!r})" if error is not None else "",
+            )
         args: tuple[Any, ...] = (self.ctx, self.task_id, self.data)
         if outcome is m.Outcome.FINISHED:
             entry = hooks.finish
@@ -219,9 +237,13 @@ class TaskActor(RuntimeActor):
         if self.state != ENDING:
             return
         if error is not None:
-            logger.error("[%s] %s hook of task %s raised", self.spec.name,
-                         self.outcome.value if self.outcome else "end", self.task_id,
-                         exc_info=(type(error), error, error.__traceback__))
+            logger.error(
+                "[%s] %s hook of task %s raised",
+                self.spec.name,
+                self.outcome.value if self.outcome else "end",
+                self.task_id,
+                exc_info=(type(error), error, error.__traceback__),
+            )
         self.state = ENDED
         assert self.outcome is not None
         tell_quietly(self.spec.bucket, m.TaskEnded(self.task_id, self.outcome))

@@ -36,7 +36,7 @@ class Executor:
     """
 
     def on_execute(self, ctx: TaskContext, id: str, data: Any) -> Any:
-        """Do the task's work. Returning ends it with ``on_finish``; raising, ``on_execute_error``."""
+        """Do the work: return to end by ``on_finish``, raise to end by ``on_execute_error``."""
         return None
 
     def on_finish(self, ctx: TaskContext, id: str, data: Any) -> Any:
@@ -101,8 +101,13 @@ class HookTable:
         if not isinstance(executor, Executor):
             missing = [
                 n
-                for n in ("on_execute", "on_finish", "on_task_exhausted", "on_execute_error",
-                          "on_panic")
+                for n in (
+                    "on_execute",
+                    "on_finish",
+                    "on_task_exhausted",
+                    "on_execute_error",
+                    "on_panic",
+                )
                 if not callable(getattr(executor, n, None))
             ]
             if missing:

@@ -33,6 +33,7 @@ class ThreadHookRunner:
         self._urgent: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._idle = 0
         self._lock = threading.Lock()
+        self._local = threading.local()
         self._name = name
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
@@ -53,14 +54,21 @@ class ThreadHookRunner:
         """Queue ``fn(*args)``; ``reply_to`` is told :class:`HookDone` when it ends."""
         job = (fn, args, reply_to, kind)
         if not urgent:
-            self._jobs.put(job)
+            follow_ups = getattr(self._local, "follow_ups", None)
+            if follow_ups is not None:
+                # Submitted from one of our workers (a task's end hook, right
+                # after its on_execute): that worker runs it next, no hand-off.
+                follow_ups.append(job)
+            else:
+                self._jobs.put(job)
             return
         self._urgent.put(job)
         if self._idle > 0:
             self._jobs.put(None)  # wake an idle worker to look at the urgent queue
         else:
-            threading.Thread(target=self._drain_urgent, name=f"{self._name}-rescue",
-                             daemon=True).start()
+            threading.Thread(
+                target=self._drain_urgent, name=f"{self._name}-rescue", daemon=True
+            ).start()
 
     def stop(self) -> None:
         """Ask the workers to exit once the queue ahead of them is done."""
@@ -88,6 +96,8 @@ class ThreadHookRunner:
         jobs = self._jobs
         urgent = self._urgent
         lock = self._lock
+        follow_ups: list[_Job] = []
+        self._local.follow_ups = follow_ups
         while True:
             if not urgent.empty():
                 self._drain_urgent()
@@ -101,6 +111,8 @@ class ThreadHookRunner:
                     return
                 continue
             _run(job)
+            while follow_ups:
+                _run(follow_ups.pop())
 
 
 def _run(job: _Job) -> None:
