@@ -1,0 +1,43 @@
+"""Entry point of the ``gobucket`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``gobucket`` command."""
+    parser = argparse.ArgumentParser(
+        prog="gobucket", description="In-memory background jobs as actors."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each task's life")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run a standalone bucket you can watch (no network)")
+    demo.add_argument(
+        "--speed", type=float, default=1.0, help="time scale: 2 runs twice as fast (default 1)"
+    )
+    demo.add_argument("--plain", action="store_true", help="no live display, plain lines")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``gobucket`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.command == "demo":
+        from gobucket.cli.demo import run_demo
+
+        if args.speed <= 0:
+            print("gobucket demo: --speed must be > 0", file=sys.stderr)
+            return 2
+        return run_demo(speed=args.speed, plain=args.plain)
+    return 2  # pragma: no cover - argparse enforces a command
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
