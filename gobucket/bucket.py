@@ -180,9 +180,19 @@ class TaskBucket:
         every rescued task was written). Safe from any thread, an ``except``
         block or a signal handler. Tasks filled afterwards are not affected.
         """
-        futures: list[pykka.Future[Any]] = self._ask(m.RescueAll())
+        answer: tuple[list[pykka.Future[Any]], list[pykka.ActorRef[Any]]] = self._ask(m.RescueAll())
+        futures, refs = answer
         rescued = 0
-        for future in futures:
+        for future, ref in zip(futures, refs, strict=True):
+            if ref.actor_inbox.held_by_current_thread():  # type: ignore[attr-defined]
+                # A signal handler interrupted this very task's handler (it is
+                # being filled right now); its Panic runs when the handler returns.
+                logger.warning(
+                    "[%s] task being filled when rescue() interrupted it "
+                    "is rescued after the signal handler returns",
+                    self.name,
+                )
+                continue
             try:
                 if future.get(timeout=timeout):
                     rescued += 1

@@ -101,7 +101,8 @@ class BucketActor(RuntimeActor):
         if kind is m.Count:
             return len(self.tasks)
         if kind is m.RescueAll:
-            return [ref.ask(m.PANIC, block=False) for ref in list(self.tasks.values())]
+            refs = list(self.tasks.values())
+            return [ref.ask(m.PANIC, block=False) for ref in refs], refs
         if kind is m.GetStats:
             return self._stats()
         if kind is m.AwaitEmpty:

@@ -127,6 +127,8 @@ class DrainTask:
 class RescueAll:
     """Send Panic to every live task; answered with their panic futures."""
 
+    reentrant = True  # safe to handle when a signal handler interrupts the bucket
+
 
 class TaskEnded(NamedTuple):
     """A TaskActor's end is done; the bucket frees its id."""
@@ -152,6 +154,8 @@ class TaskFailed:
 class Contains:
     """Is this id alive?"""
 
+    reentrant = True  # safe to handle when a signal handler interrupts the bucket
+
     task_id: str
 
 
@@ -159,10 +163,14 @@ class Contains:
 class Count:
     """How many tasks are alive?"""
 
+    reentrant = True  # safe to handle when a signal handler interrupts the bucket
+
 
 @dataclass(frozen=True, slots=True)
 class GetStats:
     """Snapshot the bucket's counters."""
+
+    reentrant = True  # safe to handle when a signal handler interrupts the bucket
 
 
 @dataclass(frozen=True, slots=True)

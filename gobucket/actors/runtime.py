@@ -64,12 +64,8 @@ MAX_INLINE_DEPTH = 2
 RELEASE_ROUNDS = 4
 """Batches of late messages a thread handles before it hands an actor to a dispatcher."""
 
-_IDLE = 0
-_SCHEDULED = 1
-_RUNNING = 2
-
 _local = threading.local()
-_NOTHING: list[Any] = []  # stands for "nothing was queued"; never appended to
+_get_ident = threading.get_ident
 _urns = itertools.count(1)
 
 
@@ -126,66 +122,52 @@ class _StopFlag(threading.Event):
 class Mailbox:
     """An actor's inbox on the shared runtime (pykka's ``ActorInbox`` protocol).
 
-    States: idle, scheduled (queued on the run queue), running (one thread is
-    handling its messages). Whoever moves it to running handles every queued
-    message in order before letting go, so an actor never runs on two threads.
+    Messages go into a list (``append`` and ``pop(0)`` are atomic). A *run
+    lock*, only ever tried and never waited on, says who runs the actor: the
+    thread that wins it handles every queued message in order, then lets go
+    and looks again, so no message is stranded and an actor never runs on
+    two threads. A sender that loses simply leaves its message behind.
+
+    Nothing here blocks on a lock, so a signal handler that interrupts a
+    thread in the middle of a delivery can never deadlock against it.
     """
 
-    __slots__ = ("_actor", "_items", "_lock", "_state")
+    __slots__ = ("_actor", "_items", "_owner", "_run")
 
     def __init__(self) -> None:
         self._items: list[Envelope[Any]] = []
-        self._lock = threading.Lock()
-        self._state = _IDLE
+        self._run = threading.Lock()
+        self._owner = 0
         self._actor: RuntimeActor | None = None
+
+    def held_by_current_thread(self) -> bool:
+        """True while this thread is inside one of the actor's handlers.
+
+        That happens when a signal handler interrupts the main thread in the
+        middle of an inline delivery; waiting for the actor would deadlock.
+        """
+        return self._owner == _get_ident() and self._run.locked()
 
     # pykka's ActorInbox protocol -------------------------------------------------
     def put(self, envelope: Envelope[Any], /) -> None:
-        """Deliver a message: run it inline when allowed, else queue and schedule.
+        """Deliver a message: run it inline when allowed, else leave it for a dispatcher.
 
-        An asker (or a runtime thread) that finds the actor not running takes it
-        over: it runs the messages already queued, then its own, on its thread.
-        A dispatcher that later pops the mailbox finds it taken and skips it.
+        An asker (or a runtime thread) that finds the actor free runs it on its
+        own thread: the messages already queued, then its own.
         """
-        lock = self._lock
-        lock.acquire()
-        if (
-            self._state != _RUNNING
-            and (envelope.reply_to is not None or _runtime_thread())
-            and _depth() < MAX_INLINE_DEPTH
-        ):
-            self._state = _RUNNING
-            queued = self._items
-            if queued:
-                self._items = []
-            else:
-                queued = _NOTHING
-            lock.release()
+        self._items.append(envelope)
+        if not self._run.acquire(False):
+            return  # whoever runs the actor will find the message
+        if (envelope.reply_to is not None or _runtime_thread()) and _depth() < MAX_INLINE_DEPTH:
+            self._run_here(None)
+        else:
             actor = self._actor
             assert actor is not None
-            _local.depth = _depth() + 1
-            try:
-                if queued:
-                    for item in queued:
-                        actor._process(item)
-                actor._process(envelope)
-            finally:
-                _local.depth -= 1
-                self._release(actor)
-            return
-        self._items.append(envelope)
-        if self._state == _IDLE:
-            self._state = _SCHEDULED
-            lock.release()
-            assert self._actor is not None
-            self._actor.runtime.schedule(self)
-            return
-        lock.release()
+            actor.runtime.schedule(self)
 
     def get(self) -> Envelope[Any]:
-        """Take the oldest queued message (used only when failing pending asks)."""
-        with self._lock:
-            return self._items.pop(0)
+        """Take the oldest queued message (raises IndexError when there is none)."""
+        return self._items.pop(0)
 
     def empty(self) -> bool:
         """True when no message is queued."""
@@ -201,77 +183,75 @@ class Mailbox:
         the actor is busy on another thread (or, with ``idle_only``, has
         anything queued) nothing happens and ``(False, None)`` is returned.
         """
-        lock = self._lock
-        lock.acquire()
-        state = self._state
-        if state == _RUNNING or (idle_only and state != _IDLE) or _depth() >= MAX_INLINE_DEPTH:
-            lock.release()
+        if self._owner == _get_ident() and self._run.locked():
+            if getattr(message, "reentrant", False):
+                # A signal handler interrupted this thread inside the actor: a
+                # message that only reads (or only sends) may still be handled.
+                actor = self._actor
+                assert actor is not None
+                return True, actor._handle_direct(message)
             return False, None
-        self._state = _RUNNING
-        queued = self._items
-        if queued:
-            self._items = []
-        else:
-            queued = _NOTHING
-        lock.release()
+        if _depth() >= MAX_INLINE_DEPTH or (idle_only and self._items):
+            return False, None
+        if not self._run.acquire(False):
+            return False, None
+        return True, self._run_here(message)
+
+    def _run_here(self, message: Any) -> Any:
+        """Run the actor on this thread (the run lock is held), then let go."""
         actor = self._actor
         assert actor is not None
+        self._owner = _get_ident()
         _local.depth = _depth() + 1
+        items = self._items
         try:
-            if queued:
-                for item in queued:
-                    actor._process(item)
+            while items:
+                actor._process(items.pop(0))
+            if message is not None:
                 if actor.actor_stopped.is_set():
                     raise pykka.ActorDeadError(f"{actor} stopped before handling the message")
-            return True, actor._handle_direct(message)
+                return actor._handle_direct(message)
+            return None
         finally:
             _local.depth -= 1
-            self._release(actor)
+            self._release(actor, RELEASE_ROUNDS)
 
-    def _release(self, actor: RuntimeActor) -> None:
-        """Let go of a running actor, first handling what arrived meanwhile.
-
-        Messages that landed while we ran (often sent by the handler itself)
-        are handled here, up to :data:`RELEASE_ROUNDS` batches, rather than
-        waking a dispatcher for them.
-        """
-        lock = self._lock
-        for _ in range(RELEASE_ROUNDS):
-            lock.acquire()
-            items = self._items
-            if not items:
-                self._state = _IDLE
-                lock.release()
+    def _release(self, actor: RuntimeActor, rounds: int) -> None:
+        """Let go of the actor; handle what arrived meanwhile or hand it to a dispatcher."""
+        items = self._items
+        run = self._run
+        while True:
+            self._owner = 0
+            run.release()
+            if not items or not run.acquire(False):
                 return
-            self._items = []
-            lock.release()
-            for envelope in items:
-                actor._process(envelope)
-        lock.acquire()
-        if self._items:
-            self._state = _SCHEDULED
-            lock.release()
-            actor.runtime.schedule(self)
-        else:
-            self._state = _IDLE
-            lock.release()
+            # Something arrived while we were letting go, and the actor is ours again.
+            if rounds <= 0:
+                actor.runtime.schedule(self)
+                return
+            rounds -= 1
+            self._owner = _get_ident()
+            try:
+                batch = len(items)
+                while batch > 0 and items:
+                    actor._process(items.pop(0))
+                    batch -= 1
+            except BaseException:
+                self._owner = 0
+                run.release()
+                raise
 
     def run_batch(self) -> None:
-        """Run every queued message (called by a dispatcher thread)."""
-        lock = self._lock
-        lock.acquire()
-        if self._state != _SCHEDULED:  # taken over by an asker, or already run
-            lock.release()
-            return
-        items = self._items
-        self._items = []
-        self._state = _RUNNING
-        lock.release()
+        """Run queued messages (called by a dispatcher thread, run lock held)."""
         actor = self._actor
         assert actor is not None
-        for envelope in items:
-            actor._process(envelope)
-        self._release(actor)
+        self._owner = _get_ident()
+        items = self._items
+        batch = len(items) + 1
+        while batch > 0 and items:
+            actor._process(items.pop(0))
+            batch -= 1
+        self._release(actor, 0)
 
 
 def call(ref: pykka.ActorRef[Any], message: Any, timeout: float | None = None) -> Any:
@@ -516,7 +496,7 @@ class RuntimeActor(pykka.Actor):
 
     def _fail_pending(self) -> None:
         inbox: Mailbox = self.actor_inbox  # type: ignore[assignment]
-        while not inbox.empty():
+        while True:
             try:
                 envelope = inbox.get()
             except IndexError:
