@@ -6,6 +6,7 @@ process is going down. See the README for a tour.
 """
 
 from gobucket.actors.bucket import BucketStats
+from gobucket.actors.group import PeerInfo, Placement
 from gobucket.actors.messages import Outcome
 from gobucket.actors.runtime import ActorRuntime, default_runtime
 from gobucket.bucket import TaskBucket
@@ -17,10 +18,13 @@ from gobucket.errors import (
     DuplicateTaskError,
     GoBucketError,
     InvalidArgumentError,
+    NoPeerAvailableError,
+    PeerLostTaskError,
     TaskActorCrashedError,
     TaskNotFoundError,
 )
 from gobucket.executors.base import Executor, FunctionExecutor
+from gobucket.group import TaskBucketGroup
 
 __version__ = "0.1.0"
 
@@ -35,9 +39,14 @@ __all__ = [
     "FunctionExecutor",
     "GoBucketError",
     "InvalidArgumentError",
+    "NoPeerAvailableError",
     "Outcome",
+    "PeerInfo",
+    "PeerLostTaskError",
+    "Placement",
     "TaskActorCrashedError",
     "TaskBucket",
+    "TaskBucketGroup",
     "TaskContext",
     "TaskNotFoundError",
     "TaskType",

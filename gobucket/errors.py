@@ -8,6 +8,8 @@ __all__ = [
     "DuplicateTaskError",
     "GoBucketError",
     "InvalidArgumentError",
+    "NoPeerAvailableError",
+    "PeerLostTaskError",
     "TaskActorCrashedError",
     "TaskNotFoundError",
 ]
@@ -61,3 +63,16 @@ class BucketClosedError(GoBucketError, RuntimeError):
 
 class TaskActorCrashedError(GoBucketError):
     """The actor running a task failed; the task was ended through ``on_execute_error``."""
+
+
+class NoPeerAvailableError(BucketFullError):
+    """A group fill found the local bucket full and no peer with room (nothing was placed)."""
+
+
+class PeerLostTaskError(GoBucketError, ConnectionError):
+    """A peer was lost after a task was sent to it and before it acknowledged it.
+
+    The peer may or may not have taken the task; it was not sent anywhere else
+    (that could run it twice). The group also reports it through
+    ``on_peer_schedule_failed``.
+    """

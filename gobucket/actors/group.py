@@ -1,0 +1,443 @@
+"""GroupActor: a node's local buckets, its peer table, and overflow routing.
+
+Local first (the facade tries the local bucket), then the peer with the most
+free room for that bucket by its latest load report minus what this node sent
+it since. A refusal (full, closed, no such bucket, or a request that could not
+be sent) tries the next peer; a peer lost after the request was written is
+*not* retried — it may have taken the task — and the task is reported failed.
+So every task ends up in exactly one place, or is reported failed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pykka
+
+from gobucket.actors import messages as m
+from gobucket.actors.remote import NotSentError, RemoteGroupRef
+from gobucket.actors.runtime import RuntimeActor, call, tell_quietly
+from gobucket.config import TaskType
+from gobucket.discovery.base import PeerDown, PeerEvent, PeerUp
+from gobucket.errors import (
+    BucketClosedError,
+    BucketFullError,
+    DuplicateTaskError,
+    InvalidArgumentError,
+    NoPeerAvailableError,
+    PeerLostTaskError,
+)
+from gobucket.wire.frames import FrameDecoder, FrameError
+from gobucket.wire.protocol import RefusalCode
+
+if TYPE_CHECKING:
+    from gobucket.bucket import TaskBucket
+    from gobucket.wire.connection import PeerHello
+    from gobucket.wire.node import NetworkNode
+
+__all__ = ["GroupActor", "PeerInfo", "Placement"]
+
+logger = logging.getLogger("gobucket.group")
+
+ScheduleFailed = Callable[[str, str, str, BaseException], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a task filled through a group now lives."""
+
+    local: bool
+    node: str
+    bucket: str
+    task_id: str
+    address: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """What a node knows of one peer."""
+
+    address: tuple[str, int]
+    node: str | None
+    up: bool
+    source: str
+    loads: dict[str, tuple[int, int]]
+    last_seen: float | None
+    buckets: tuple[str, ...] = ()
+
+    def free(self, bucket: str) -> int | None:
+        """Free room in ``bucket`` by the latest report, or None if unknown."""
+        load = self.loads.get(bucket)
+        return None if load is None else max(0, load[1] - load[0])
+
+
+@dataclass
+class _Peer:
+    address: tuple[str, int]
+    source: str
+    ref: RemoteGroupRef
+    node: str | None = None
+    up: bool = False
+    loads: dict[str, tuple[int, int]] = field(default_factory=dict)
+    sent_since_report: dict[str, int] = field(default_factory=dict)
+    last_seen: float | None = None
+    buckets: tuple[str, ...] = ()
+
+    def free(self, bucket: str) -> float:
+        load = self.loads.get(bucket)
+        if load is None:
+            # Not reported yet: worth a try after every peer known to have room.
+            return 0.5 if (not self.buckets or bucket in self.buckets) else -1
+        return load[1] - load[0] - self.sent_since_report.get(bucket, 0)
+
+
+@dataclass
+class _Route:
+    bucket: str
+    task_id: str
+    wire: dict[str, Any]
+    reply: pykka.Future[Any]
+    tried: set[tuple[str, int]] = field(default_factory=set)
+    last_error: BaseException | None = None
+
+
+# --- messages (frozen dataclasses, named for what happened) ---------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RouteFill:
+    """The local bucket was full: place this task on a peer (answered with a Placement)."""
+
+    bucket: str
+    task_id: str
+    wire: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class FillReplied:
+    """A peer answered (or failed) a FILL this node sent."""
+
+    route: int
+    address: tuple[str, int]
+    reply: Any
+
+
+@dataclass(frozen=True, slots=True)
+class PeerChanged:
+    """The network side saw a peer come up, go down, report load, or refuse us."""
+
+    address: tuple[str, int]
+    kind: str
+    payload: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Discovered:
+    """A peer source reported a peer event."""
+
+    event: PeerEvent
+
+
+@dataclass(frozen=True, slots=True)
+class ServeFill:
+    """A peer asks this node to fill a task; answered (accepted, code, text)."""
+
+    peer: str
+    message: dict[str, Any]
+    reentrant = False
+
+
+@dataclass(frozen=True, slots=True)
+class GetPeers:
+    """Snapshot the peer table."""
+
+    reentrant = True
+
+
+@dataclass(frozen=True, slots=True)
+class GetLoads:
+    """Each local bucket's [alive, max]."""
+
+    reentrant = True
+
+
+@dataclass(frozen=True, slots=True)
+class StopGroup:
+    """Stop dialling peers; fail routes still waiting."""
+
+
+class GroupActor(RuntimeActor):
+    """Owns a node's local buckets and peer table; routes overflow; serves remote fills."""
+
+    def __init__(
+        self,
+        node_id: str,
+        buckets: dict[str, TaskBucket],
+        network: NetworkNode,
+        ping_interval: float,
+        on_failed: Callable[[], ScheduleFailed | None],
+    ) -> None:
+        super().__init__()
+        self.node_id = node_id
+        self.buckets = buckets
+        self.network = network
+        self.ping_interval = ping_interval
+        self._on_failed = on_failed
+        self.peers: dict[tuple[str, int], _Peer] = {}
+        self.routes: dict[int, _Route] = {}
+        self._route_ids = itertools.count(1)
+        self._decoder = FrameDecoder(network.max_frame)
+        self._stopped = False
+
+    def on_receive(self, message: Any) -> Any:
+        """Dispatch group messages."""
+        kind = type(message)
+        if kind is RouteFill:
+            self._route_new(message)
+            return None
+        if kind is FillReplied:
+            self._on_reply(message)
+            return None
+        if kind is ServeFill:
+            return self._serve_fill(message.message)
+        if kind is PeerChanged:
+            self._on_peer_changed(message)
+            return None
+        if kind is Discovered:
+            self._on_discovered(message.event)
+            return None
+        if kind is GetPeers:
+            return [self._info(p) for p in self.peers.values()]
+        if kind is GetLoads:
+            return self._loads()
+        if kind is StopGroup:
+            self._stop_all()
+            return None
+        if kind is m.HookDone:
+            if message.error is not None:
+                logger.error("on_peer_schedule_failed raised", exc_info=message.error)
+            return None
+        return super().on_receive(message)
+
+    # routing -------------------------------------------------------------------------
+    def _route_new(self, msg: RouteFill) -> None:
+        reply = self.defer_reply()
+        assert reply is not None, "RouteFill must be asked"
+        route = _Route(msg.bucket, msg.task_id, msg.wire, reply)
+        self._route(next(self._route_ids), route)
+
+    def _route(self, route_id: int, route: _Route) -> None:
+        if self._stopped:
+            self._finish(route_id, route, NoPeerAvailableError("the group is stopped"))
+            return
+        best: _Peer | None = None
+        best_free = 0.0
+        for peer in self.peers.values():
+            if not peer.up or peer.address in route.tried:
+                continue
+            free = peer.free(route.bucket)
+            if free > best_free:
+                best, best_free = peer, free
+        if best is None:
+            last = route.last_error
+            error = NoPeerAvailableError(
+                f"task buffer exceeded: bucket {route.bucket!r} is full here and no peer "
+                f"has room for task {route.task_id!r}"
+                + (f" (last refusal: {last})" if last else "")
+            )
+            self._finish(route_id, route, error)
+            return
+        route.tried.add(best.address)
+        best.sent_since_report[route.bucket] = best.sent_since_report.get(route.bucket, 0) + 1
+        self.routes[route_id] = route
+        me = self.actor_ref
+        address = best.address
+
+        def replied(reply: Any) -> None:
+            tell_quietly(me, FillReplied(route_id, address, reply))
+
+        best.ref.request(route.wire, replied)
+
+    def _on_reply(self, msg: FillReplied) -> None:
+        route = self.routes.pop(msg.route, None)
+        if route is None:
+            return
+        reply = msg.reply
+        peer = self.peers.get(msg.address)
+        if isinstance(reply, dict):
+            if reply.get("ok"):
+                node = peer.node if peer and peer.node else f"{msg.address[0]}:{msg.address[1]}"
+                route.reply.set(Placement(False, node, route.bucket, route.task_id, msg.address))
+                return
+            code = reply.get("code")
+            text = f"peer {msg.address[0]}:{msg.address[1]} refused: {code}: {reply.get('msg')}"
+            if code == RefusalCode.DUPLICATE:
+                self._finish(
+                    msg.route,
+                    route,
+                    DuplicateTaskError(route.task_id, route.bucket),
+                    report=msg.address,
+                )
+                return
+            if code == RefusalCode.BAD_DATA:
+                self._finish(msg.route, route, InvalidArgumentError(text), report=msg.address)
+                return
+            if peer is not None and code == RefusalCode.FULL:
+                load = peer.loads.get(route.bucket)
+                if load is not None:
+                    peer.loads[route.bucket] = (load[1], load[1])
+            route.last_error = BucketFullError(text)
+            self._route(msg.route, route)
+            return
+        if isinstance(reply, NotSentError):
+            route.last_error = reply
+            self._route(msg.route, route)
+            return
+        error = reply if isinstance(reply, BaseException) else RuntimeError(repr(reply))
+        lost = PeerLostTaskError(
+            f"peer {msg.address[0]}:{msg.address[1]} was lost before it acknowledged task "
+            f"{route.task_id!r}; it may or may not have taken it ({error})"
+        )
+        lost.__cause__ = error
+        self._finish(msg.route, route, lost, report=msg.address)
+
+    def _finish(
+        self,
+        route_id: int,
+        route: _Route,
+        error: BaseException,
+        report: tuple[str, int] | None = None,
+    ) -> None:
+        self.routes.pop(route_id, None)
+        callback = self._on_failed()
+        if callback is not None:
+            where = report or (next(iter(route.tried)) if route.tried else None)
+            peer = f"{where[0]}:{where[1]}" if where else ""
+            self.runtime.threads.submit(
+                callback,
+                (peer, route.bucket, route.task_id, error),
+                self.actor_ref,
+                m.HookKind.END,
+            )
+        route.reply.set_exception((type(error), error, None))
+
+    # serving -----------------------------------------------------------------------------
+    def _serve_fill(self, wire: dict[str, Any]) -> tuple[bool, str, str]:
+        name = wire["bucket"]
+        bucket = self.buckets.get(name)
+        if bucket is None:
+            return False, RefusalCode.NO_SUCH_BUCKET, f"no bucket named {name!r} here"
+        try:
+            raw = wire.get("data")
+            data = None if raw is None else self._decode_data(raw)
+            fill = bucket.prepare_fill(
+                TaskType(wire["type"]),
+                wire["id"],
+                data,
+                run_after=wire["run_after"],
+                life_span=wire["life_span"],
+            )
+            call(bucket.actor_ref, fill)
+        except DuplicateTaskError as error:
+            return False, RefusalCode.DUPLICATE, str(error)
+        except BucketFullError as error:
+            return False, RefusalCode.FULL, str(error)
+        except BucketClosedError as error:
+            return False, RefusalCode.CLOSED, str(error)
+        except (InvalidArgumentError, FrameError, ValueError) as error:
+            return False, RefusalCode.BAD_DATA, str(error)
+        except pykka.ActorDeadError:
+            return False, RefusalCode.CLOSED, f"bucket {name!r} is closed"
+        except Exception as error:  # never let a peer's fill break the server
+            logger.exception("serving a fill for %r failed", name)
+            return False, RefusalCode.INTERNAL, repr(error)
+        return True, "", ""
+
+    def _decode_data(self, raw: Any) -> Any:
+        if not isinstance(raw, bytes):
+            raise InvalidArgumentError("task data must be sent as msgpack bytes")
+        wrapped = self._decoder.decode_body(b"\x81\xa1d" + raw)  # {"d": <data>}
+        return wrapped["d"]
+
+    def _loads(self) -> dict[str, list[int]]:
+        loads: dict[str, list[int]] = {}
+        for name, bucket in self.buckets.items():
+            try:
+                loads[name] = [len(bucket), bucket.config.max_bucket]
+            except Exception:
+                loads[name] = [bucket.config.max_bucket, bucket.config.max_bucket]
+        return loads
+
+    # peers ---------------------------------------------------------------------------------
+    def _on_discovered(self, event: PeerEvent) -> None:
+        if isinstance(event, PeerUp):
+            peer = self.peers.get(event.address)
+            if peer is None:
+                if self._stopped:
+                    return
+                me = self.actor_ref
+                address = event.address
+
+                def events(kind: str, payload: Any) -> None:
+                    tell_quietly(me, PeerChanged(address, kind, payload))
+
+                ref = RemoteGroupRef(self.network, address, events, self.ping_interval)
+                peer = _Peer(address, event.source, ref, node=event.node, buckets=event.buckets)
+                self.peers[address] = peer
+                ref.start()
+            elif event.buckets:
+                peer.buckets = event.buckets
+        elif isinstance(event, PeerDown):
+            peer = self.peers.get(event.address)
+            if peer is not None and peer.source == event.source:
+                del self.peers[event.address]
+                peer.ref.stop()
+                logger.info("peer %s left (%s)", event.address, event.source)
+
+    def _on_peer_changed(self, msg: PeerChanged) -> None:
+        peer = self.peers.get(msg.address)
+        if peer is None:
+            return
+        if msg.kind == "up":
+            hello: PeerHello = msg.payload
+            peer.up = True
+            peer.node = hello.node
+            peer.buckets = hello.buckets
+            peer.last_seen = time.monotonic()
+            logger.info("peer %s up (node %s)", msg.address, hello.node)
+        elif msg.kind == "down":
+            if peer.up:
+                logger.warning("peer %s down: %s", msg.address, msg.payload)
+            peer.up = False
+            peer.loads = {}
+            peer.sent_since_report = {}
+        elif msg.kind == "load":
+            loads: dict[str, Any] = msg.payload
+            peer.loads = {k: (int(v[0]), int(v[1])) for k, v in loads.items()}
+            in_flight: dict[str, int] = {}
+            for route in self.routes.values():
+                if msg.address in route.tried:
+                    in_flight[route.bucket] = in_flight.get(route.bucket, 0) + 1
+            peer.sent_since_report = in_flight
+            peer.last_seen = time.monotonic()
+
+    def _info(self, peer: _Peer) -> PeerInfo:
+        return PeerInfo(
+            peer.address,
+            peer.node,
+            peer.up,
+            peer.source,
+            dict(peer.loads),
+            peer.last_seen,
+            peer.buckets,
+        )
+
+    def _stop_all(self) -> None:
+        self._stopped = True
+        for peer in self.peers.values():
+            peer.ref.stop()

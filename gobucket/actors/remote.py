@@ -1,0 +1,244 @@
+"""RemoteGroupRef: the ref of a GroupActor on another node, carried over the wire.
+
+It dials the peer (and re-dials with backoff), authenticates, pings it for its
+load, and carries requests: :meth:`ask` returns a pykka future answered by the
+peer's reply; :meth:`request` calls back on the network loop instead (what the
+local GroupActor uses, so that it never waits on a socket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pykka
+
+from gobucket.actors._future import LatchFuture
+from gobucket.wire.connection import CLIENT, Connection, PeerHello, handshake
+from gobucket.wire.frames import FrameError
+from gobucket.wire.protocol import MessageType, ProtocolError
+
+if TYPE_CHECKING:
+    from gobucket.wire.node import NetworkNode
+
+__all__ = ["NotSentError", "PeerLostError", "RemoteGroupRef"]
+
+logger = logging.getLogger("gobucket.wire")
+
+Reply = dict[str, Any] | BaseException
+ReplyCallback = Callable[[Reply], None]
+
+
+class PeerLostError(ConnectionError):
+    """The connection closed after the request was sent and before its reply came."""
+
+
+class NotSentError(ConnectionError):
+    """The request was never written to the peer (it was down): safe to send elsewhere."""
+
+
+class RemoteGroupRef:
+    """A GroupActor on another node, reached over one outbound connection.
+
+    Args:
+        node: this node's network side (loop, identity, secret).
+        address: the peer's (host, port).
+        events: called on the network loop with ``("up", PeerHello)``,
+            ``("down", reason)``, ``("load", loads)`` or ``("refused", reason)``.
+        ping_interval: seconds between pings; 3 missed pings mark the peer down.
+    """
+
+    def __init__(
+        self,
+        node: NetworkNode,
+        address: tuple[str, int],
+        events: Callable[[str, Any], None],
+        ping_interval: float = 1.0,
+    ) -> None:
+        self.node = node
+        self.address = address
+        self.events = events
+        self.ping_interval = ping_interval
+        self.hello: PeerHello | None = None
+        self._conn: Connection | None = None
+        self._pending: dict[int, ReplyCallback] = {}
+        self._ids = itertools.count(1)
+        self._stopped = False
+        self._task: asyncio.Task[None] | None = None
+        self._missed = 0
+
+    def __repr__(self) -> str:
+        node = self.hello.node if self.hello else "?"
+        return f"<RemoteGroupRef {self.address[0]}:{self.address[1]} node={node}>"
+
+    @property
+    def is_up(self) -> bool:
+        """Connected and authenticated."""
+        return self._conn is not None and not self._conn.closed
+
+    # life ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Begin dialling (from any thread)."""
+        self.node.call_soon(self._start)
+
+    def _start(self) -> None:
+        if self._task is None and not self._stopped:
+            self._task = self.node.loop.create_task(self._dial_forever())
+
+    def stop(self) -> None:
+        """Stop dialling and close the connection (from any thread)."""
+        self._stopped = True
+        self.node.call_soon(self._stop)
+
+    def _stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._conn is not None:
+            self._conn.close()
+
+    # requests ----------------------------------------------------------------------------
+    def tell(self, message: dict[str, Any]) -> None:
+        """Send ``message`` with no reply expected (dropped if the peer is down)."""
+        self.node.call_soon(self._send_oneway, message)
+
+    def ask(self, message: dict[str, Any]) -> pykka.Future[Any]:
+        """Send ``message`` and return a pykka future of the peer's reply."""
+        future: LatchFuture[Any] = LatchFuture()
+
+        def done(reply: Reply) -> None:
+            if isinstance(reply, BaseException):
+                future.set_exception((type(reply), reply, None))
+            else:
+                future.set(reply)
+
+        self.request(message, done)
+        return future
+
+    def request(self, message: dict[str, Any], callback: ReplyCallback) -> None:
+        """Send a FILL or PING; ``callback`` gets the reply or an error, on the loop thread."""
+        self.node.call_soon(self._send_request, message, callback)
+
+    def _send_oneway(self, message: dict[str, Any]) -> None:
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            conn.send(message)
+
+    def _send_request(self, message: dict[str, Any], callback: ReplyCallback) -> None:
+        conn = self._conn
+        if conn is None or conn.closed:
+            callback(NotSentError(f"peer {self.address} is not connected"))
+            return
+        rid = next(self._ids)
+        key = "seq" if message["t"] == MessageType.PING else "rid"
+        message = {**message, key: rid}
+        try:
+            conn.send(message)
+        except (ConnectionError, OSError, FrameError, ValueError, TypeError) as error:
+            callback(NotSentError(f"could not send to {self.address}: {error}"))
+            return
+        self._pending[rid] = callback
+        if conn.writer.transport.get_write_buffer_size() > 1 << 20:
+            self.node.loop.create_task(self._drain(conn))
+
+    async def _drain(self, conn: Connection) -> None:
+        try:
+            await conn.flush()
+        except (ConnectionError, OSError):
+            conn.close()
+
+    # the connection ---------------------------------------------------------------------------
+    async def _dial_forever(self) -> None:
+        backoff = 0.05
+        host, port = self.address
+        while not self._stopped:
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 3.0)
+            except (OSError, TimeoutError):
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 2.0)
+                continue
+            conn = Connection(reader, writer, self.node.max_frame)
+            try:
+                hello = await handshake(
+                    conn,
+                    self.node.identity(),
+                    self.node.secret,
+                    CLIENT,
+                    self.node.handshake_timeout,
+                )
+            except (ProtocolError, FrameError) as error:
+                logger.warning("peer %s:%s refused the handshake: %s", host, port, error)
+                conn.fail(getattr(error, "code", "bad_frame"), str(error))
+                self.events("refused", str(error))
+                await asyncio.sleep(max(backoff, 1.0) * (0.5 + random.random()))
+                backoff = min(backoff * 2, 5.0)
+                continue
+            except (ConnectionError, TimeoutError, OSError):
+                conn.close()
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.05
+            self.hello = hello
+            self._conn = conn
+            self._missed = 0
+            self.events("up", hello)
+            pinger = asyncio.get_running_loop().create_task(self._ping_forever(conn))
+            reason = "connection closed"
+            try:
+                reason = await self._read_forever(conn)
+            finally:
+                pinger.cancel()
+                conn.close()
+                self._conn = None
+                lost, self._pending = self._pending, {}
+                for callback in lost.values():
+                    callback(PeerLostError(f"lost {host}:{port} before its reply ({reason})"))
+                self.events("down", reason)
+
+    async def _read_forever(self, conn: Connection) -> str:
+        while True:
+            try:
+                message = await conn.read()
+            except (ProtocolError, FrameError) as error:
+                conn.fail("bad_frame", str(error))
+                return f"bad frame: {error}"
+            except (ConnectionError, OSError) as error:
+                return str(error) or "connection closed"
+            kind = message["t"]
+            if kind == MessageType.ACK:
+                callback = self._pending.pop(message["rid"], None)
+                if callback is not None:
+                    callback(message)
+            elif kind == MessageType.PONG:
+                self._missed = 0
+                self._pending.pop(message["seq"], None)
+                self.events("load", message["loads"])
+            elif kind == MessageType.ERROR:
+                return f"peer error: {message.get('code')}: {message.get('msg')}"
+            else:
+                conn.fail("unexpected", f"{kind!r} is not expected from a server")
+                return f"unexpected {kind!r}"
+
+    async def _ping_forever(self, conn: Connection) -> None:
+        while not conn.closed:
+            if self._missed >= 3:
+                logger.warning("peer %s missed 3 pings: marking it down", self.address)
+                conn.close()
+                return
+            self._missed += 1
+            self._send_request({"t": "ping"}, _ignore)
+            try:
+                await conn.flush()
+            except (ConnectionError, OSError):
+                conn.close()
+                return
+            await asyncio.sleep(self.ping_interval)
+
+
+def _ignore(_reply: Reply) -> None:
+    return None

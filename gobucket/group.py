@@ -1,0 +1,322 @@
+"""TaskBucketGroup: buckets shared by processes; overflow goes to the peer with most room."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import uuid
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import pykka
+
+from gobucket.actors.group import (
+    Discovered,
+    GetLoads,
+    GetPeers,
+    GroupActor,
+    PeerInfo,
+    Placement,
+    RouteFill,
+    ScheduleFailed,
+    ServeFill,
+    StopGroup,
+)
+from gobucket.actors.runtime import ActorRuntime, call, default_runtime
+from gobucket.bucket import TaskBucket
+from gobucket.config import Duration, TaskType
+from gobucket.discovery.base import PeerEvent, PeerSource
+from gobucket.discovery.static import StaticDiscovery
+from gobucket.errors import BucketFullError, GoBucketError, InvalidArgumentError
+from gobucket.wire.connection import Identity, PeerHello
+from gobucket.wire.frames import DEFAULT_MAX_FRAME, pack
+from gobucket.wire.node import NetworkNode
+
+__all__ = ["TaskBucketGroup"]
+
+logger = logging.getLogger("gobucket.group")
+
+
+class TaskBucketGroup:
+    """Named buckets shared by several processes on a LAN.
+
+    A fill goes to the local bucket first; when that is full, to the peer whose
+    bucket of the same name has the most free room, and waits for that peer's
+    acknowledgement. Every task ends up in exactly one place, or the fill
+    raises (and ``on_peer_schedule_failed`` is called).
+
+    Example::
+
+        group = TaskBucketGroup({"sample": bucket}, peers=["10.0.0.2:6666"],
+                                port=6666, secret="cluster-key")
+        group.start()
+        placement = group.fill("sample", "process::1", {"name": "Johnson"})
+
+    Args:
+        buckets: the local buckets by name (every node should hold the same names).
+        peers: static peers as ``"host:port"``; they are dialled and re-dialled.
+        port: where to listen (0 picks a free port; see :attr:`address`).
+        ping_interval: seconds between load pings; 3 missed pings mark a peer down.
+        secret: a shared cluster secret; peers must prove it (HMAC). Without one,
+            only connections from addresses on ``peers`` are accepted.
+        cluster: the cluster name; nodes of other clusters are refused.
+        host: the address to listen on.
+        node_id: this node's id (a random one by default).
+        max_frame: the largest wire frame accepted, in bytes.
+        sources: extra peer sources (see :mod:`gobucket.discovery`).
+        runtime: the actor runtime (the process default if omitted).
+    """
+
+    def __init__(
+        self,
+        buckets: Mapping[str, TaskBucket],
+        peers: Iterable[str] = (),
+        port: int = 6666,
+        ping_interval: float = 1.0,
+        secret: str | bytes | None = None,
+        cluster: str = "default",
+        *,
+        host: str = "0.0.0.0",
+        node_id: str | None = None,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        sources: Iterable[PeerSource] = (),
+        runtime: ActorRuntime | None = None,
+        debug: bool = False,
+    ) -> None:
+        if not isinstance(buckets, Mapping) or not buckets:
+            raise InvalidArgumentError("buckets must be a non-empty mapping of name to TaskBucket")
+        for name, bucket in buckets.items():
+            if not isinstance(name, str) or not name:
+                raise InvalidArgumentError(f"bucket names must be non-empty strings: {name!r}")
+            if not isinstance(bucket, TaskBucket):
+                raise InvalidArgumentError(f"bucket {name!r} is not a TaskBucket")
+        if isinstance(peers, str):
+            raise InvalidArgumentError("peers must be a list of 'host:port' strings")
+        if not isinstance(port, int) or not 0 <= port < 65536:
+            raise InvalidArgumentError(f"port must be 0..65535, got {port!r}")
+        if not ping_interval > 0:
+            raise InvalidArgumentError("ping_interval must be > 0")
+        if not isinstance(cluster, str) or not cluster:
+            raise InvalidArgumentError("cluster must be a non-empty string")
+        try:
+            static = StaticDiscovery(list(peers))
+        except ValueError as error:
+            raise InvalidArgumentError(str(error)) from None
+        if debug:
+            logging.getLogger("gobucket").setLevel(logging.DEBUG)
+        self._buckets = dict(buckets)
+        self.cluster = cluster
+        self.node_id = node_id or uuid.uuid4().hex[:12]
+        self.ping_interval = float(ping_interval)
+        self._secret = secret.encode() if isinstance(secret, str) else secret
+        self._runtime = runtime or default_runtime()
+        self._sources: list[PeerSource] = [static, *sources]
+        self._allowed: set[str] = set()
+        for address in static.addresses:
+            self._allowed.update(_resolve(address[0]))
+        self.on_peer_schedule_failed: ScheduleFailed | None = None
+        self._network = NetworkNode(self._identity, self._secret, self, host, port, max_frame)
+        self._ref: pykka.ActorRef[GroupActor] | None = None
+        self._started = False
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        if self._secret is None:
+            logger.warning(
+                "group %r runs without a secret: peers are not authenticated, only checked "
+                "against the peer list",
+                cluster,
+            )
+
+    # life ---------------------------------------------------------------------------------
+    def start(self) -> Self:
+        """Bind, start serving and dialling peers, in the background. Returns self."""
+        with self._lock:
+            if self._started:
+                return self
+            self._started = True
+        self._network.start()
+        self._ref = GroupActor.start_on(
+            self._runtime,
+            self.node_id,
+            self._buckets,
+            self._network,
+            self.ping_interval,
+            lambda: self.on_peer_schedule_failed,
+        )
+        for source in self._sources:
+            source.start(self._on_peer_event)
+        return self
+
+    def serve_forever(self) -> None:
+        """Start (if needed) and block until :meth:`stop` is called (like Go's StartWork)."""
+        self.start()
+        while not self._stopped.wait(0.5):
+            pass
+
+    def stop(self) -> None:
+        """Stop discovery, close every connection and the server. Buckets stay open."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        for source in self._sources:
+            try:
+                source.stop()
+            except Exception:
+                logger.exception("stopping peer source %r failed", source)
+        if self._ref is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                call(self._ref, StopGroup())
+        self._network.stop()
+        if self._ref is not None:
+            self._ref.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # the API -------------------------------------------------------------------------------
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) actually bound (after :meth:`start`)."""
+        return self._network.address
+
+    def get_bucket(self, name: str) -> TaskBucket:
+        """The local bucket called ``name``."""
+        try:
+            return self._buckets[name]
+        except KeyError:
+            raise GoBucketError(f"this group has no bucket named {name!r}") from None
+
+    def fill(
+        self,
+        bucket: str,
+        id: str,
+        data: Any = None,
+        *,
+        task_type: TaskType = TaskType.IMMEDIATE,
+        run_after: Duration | None = None,
+        life_span: Duration | None = None,
+        timeout: float | None = None,
+    ) -> Placement:
+        """Fill locally, or on the peer with most room; wait for its acknowledgement.
+
+        Raises:
+            NoPeerAvailableError: the local bucket is full and no peer took the task.
+            PeerLostTaskError: the chosen peer was lost before acknowledging.
+            DuplicateTaskError, InvalidArgumentError: as for ``TaskBucket.fill``.
+        """
+        future = self.fill_async(
+            bucket, id, data, task_type=task_type, run_after=run_after, life_span=life_span
+        )
+        placement: Placement = future.get(timeout=timeout)
+        return placement
+
+    def fill_async(
+        self,
+        bucket: str,
+        id: str,
+        data: Any = None,
+        *,
+        task_type: TaskType = TaskType.IMMEDIATE,
+        run_after: Duration | None = None,
+        life_span: Duration | None = None,
+    ) -> pykka.Future[Placement]:
+        """Like :meth:`fill` but returns a pykka future instead of waiting for a peer.
+
+        Argument errors and local refusals other than "full" are raised at once.
+        """
+        local = self.get_bucket(bucket)
+        message = local.prepare_fill(task_type, id, data, run_after=run_after, life_span=life_span)
+        try:
+            packed = pack(data)
+        except (TypeError, ValueError, OverflowError) as error:
+            raise InvalidArgumentError(
+                f"task data cannot be sent to peers (msgpack: {error}); use plain "
+                "dicts, lists, str, bytes, numbers, bools and None"
+            ) from None
+        from gobucket.actors._future import done_future
+
+        try:
+            call(local.actor_ref, message)
+            return done_future(Placement(True, self.node_id, bucket, id, None))
+        except BucketFullError:
+            pass
+        except pykka.ActorDeadError:
+            pass
+        if self._ref is None:
+            raise GoBucketError("start() the group before filling it")
+        wire = {
+            "t": "fill",
+            "bucket": bucket,
+            "id": id,
+            "data": packed,
+            "type": message.task_type.value,
+            "run_after": message.run_after,
+            "life_span": message.life_span,
+        }
+        future: pykka.Future[Placement] = self._ref.ask(RouteFill(bucket, id, wire), block=False)
+        return future
+
+    def peers(self) -> list[PeerInfo]:
+        """What this node knows of each peer: address, node id, loads, up/down, source."""
+        if self._ref is None:
+            return []
+        infos: list[PeerInfo] = call(self._ref, GetPeers())
+        return infos
+
+    # called by the network side ------------------------------------------------------------
+    def _identity(self) -> Identity:
+        return Identity(self.cluster, self.node_id, self.address[1], tuple(self._buckets))
+
+    def _on_peer_event(self, event: PeerEvent) -> None:
+        if self._ref is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                self._ref.tell(Discovered(event))
+
+    def loads(self) -> dict[str, list[int]]:
+        """Each local bucket's ``[alive, max]`` (what PONG reports)."""
+        if self._ref is None:
+            return {}
+        loads: dict[str, list[int]] = call(self._ref, GetLoads())
+        return loads
+
+    def serve_fill(self, peer: PeerHello, message: dict[str, Any]) -> tuple[bool, str, str]:
+        """Fill a task a peer sent (called on the network loop)."""
+        if self._ref is None:
+            return False, "closed", "not started"
+        try:
+            result: tuple[bool, str, str] = call(self._ref, ServeFill(peer.node, message))
+        except pykka.ActorDeadError:
+            return False, "closed", "group stopped"
+        return result
+
+    def allow(self, host: str) -> bool:
+        """Without a secret, only addresses on the peer list may connect."""
+        return host in self._allowed or _strip_v4_mapped(host) in self._allowed
+
+    def allow_address(self, host: str) -> None:
+        """Add a host to the allow list (used by discovery for same-cluster nodes)."""
+        self._allowed.update(_resolve(host))
+
+
+def _strip_v4_mapped(host: str) -> str:
+    return host[7:] if host.startswith("::ffff:") else host
+
+
+def _resolve(host: str) -> set[str]:
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        logger.warning("cannot resolve peer host %r", host)
+        return {host}
+    return {str(info[4][0]) for info in infos} | {host}
