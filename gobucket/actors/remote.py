@@ -9,6 +9,7 @@ local GroupActor uses, so that it never waits on a socket).
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import random
@@ -70,6 +71,8 @@ class RemoteGroupRef:
         self._stopped = False
         self._task: asyncio.Task[None] | None = None
         self._missed = 0
+        self._outbox: collections.deque[tuple[dict[str, Any], ReplyCallback]] = collections.deque()
+        self._flush_scheduled = False
 
     def __repr__(self) -> str:
         node = self.hello.node if self.hello else "?"
@@ -119,8 +122,22 @@ class RemoteGroupRef:
         return future
 
     def request(self, message: dict[str, Any], callback: ReplyCallback) -> None:
-        """Send a FILL or PING; ``callback`` gets the reply or an error, on the loop thread."""
-        self.node.call_soon(self._send_request, message, callback)
+        """Send a FILL or PING; ``callback`` gets the reply or an error, on the loop thread.
+
+        Requests are batched: one wake-up of the network loop carries every
+        request queued since the last one (pipelining without a syscall each).
+        """
+        self._outbox.append((message, callback))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.node.call_soon(self._flush_outbox)
+
+    def _flush_outbox(self) -> None:
+        self._flush_scheduled = False  # before draining: a later request schedules anew
+        outbox = self._outbox
+        while outbox:
+            message, callback = outbox.popleft()
+            self._send_request(message, callback)
 
     def _send_oneway(self, message: dict[str, Any]) -> None:
         conn = self._conn

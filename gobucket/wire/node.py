@@ -74,6 +74,9 @@ class NetworkNode:
         return self.address
 
     def _run(self) -> None:
+        from gobucket.actors.runtime import mark_runtime_thread
+
+        mark_runtime_thread()  # actor messages sent from here may run inline (never blocks)
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 
