@@ -28,7 +28,7 @@ from gobucket.actors.group import (
 from gobucket.actors.runtime import ActorRuntime, call, default_runtime
 from gobucket.bucket import TaskBucket
 from gobucket.config import Duration, TaskType
-from gobucket.discovery.base import PeerEvent, PeerSource
+from gobucket.discovery.base import PeerEvent, PeerSource, PeerUp
 from gobucket.discovery.static import StaticDiscovery
 from gobucket.errors import BucketFullError, GoBucketError, InvalidArgumentError
 from gobucket.wire.connection import Identity, PeerHello
@@ -68,6 +68,9 @@ class TaskBucketGroup:
         max_frame: the largest wire frame accepted, in bytes.
         sources: extra peer sources (see :mod:`gobucket.discovery`).
         runtime: the actor runtime (the process default if omitted).
+        discovery: announce this node and find peers by mDNS (zeroconf) as well as
+            the static list; ``False`` keeps a purely static group.
+        interfaces: the IPv4 addresses mDNS announces and listens on (all by default).
     """
 
     def __init__(
@@ -84,6 +87,8 @@ class TaskBucketGroup:
         max_frame: int = DEFAULT_MAX_FRAME,
         sources: Iterable[PeerSource] = (),
         runtime: ActorRuntime | None = None,
+        discovery: bool = True,
+        interfaces: Iterable[str] | None = None,
         debug: bool = False,
     ) -> None:
         if not isinstance(buckets, Mapping) or not buckets:
@@ -114,6 +119,14 @@ class TaskBucketGroup:
         self._secret = secret.encode() if isinstance(secret, str) else secret
         self._runtime = runtime or default_runtime()
         self._sources: list[PeerSource] = [static, *sources]
+        if discovery:
+            from gobucket.discovery.mdns import MdnsDiscovery
+
+            self._sources.append(
+                MdnsDiscovery(
+                    cluster, self.node_id, lambda: self.address[1], tuple(buckets), interfaces
+                )
+            )
         self._allowed: set[str] = set()
         for address in static.addresses:
             self._allowed.update(_resolve(address[0]))
@@ -279,6 +292,9 @@ class TaskBucketGroup:
         return Identity(self.cluster, self.node_id, self.address[1], tuple(self._buckets))
 
     def _on_peer_event(self, event: PeerEvent) -> None:
+        if isinstance(event, PeerUp) and event.source != "static" and event.cluster == self.cluster:
+            # A node that announced our cluster may connect (no-secret allow list).
+            self._allowed.add(event.address[0])
         if self._ref is not None:
             with contextlib.suppress(pykka.ActorDeadError):
                 self._ref.tell(Discovered(event))

@@ -378,8 +378,12 @@ class GroupActor(RuntimeActor):
         if isinstance(event, PeerUp):
             peer = self.peers.get(event.address)
             if peer is None:
-                if self._stopped:
+                if self._stopped or event.node == self.node_id:
                     return
+                if event.node is not None and any(
+                    p.node == event.node and p.up for p in self.peers.values()
+                ):
+                    return  # already connected to that node at another address
                 me = self.actor_ref
                 address = event.address
 
@@ -405,6 +409,18 @@ class GroupActor(RuntimeActor):
             return
         if msg.kind == "up":
             hello: PeerHello = msg.payload
+            twin = next(
+                (p for p in self.peers.values() if p is not peer and p.node == hello.node and p.up),
+                None,
+            )
+            if twin is not None:
+                # One node, two addresses (e.g. static and mDNS): keep one link,
+                # preferring the static entry, which is re-dialled for ever.
+                drop = twin if peer.source == "static" else peer
+                drop.ref.stop()
+                self.peers.pop(drop.address, None)
+                if drop is peer:
+                    return
             peer.up = True
             peer.node = hello.node
             peer.buckets = hello.buckets

@@ -21,6 +21,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--speed", type=float, default=1.0, help="time scale: 2 runs twice as fast (default 1)"
     )
     demo.add_argument("--plain", action="store_true", help="no live display, plain lines")
+    peers = sub.add_parser("peers", help="browse the LAN (mDNS) for gobucket nodes")
+    peers.add_argument("--cluster", default=None, help="only this cluster (default: all)")
+    peers.add_argument("--watch", action="store_true", help="refresh live until Ctrl-C")
+    peers.add_argument("--secret", default=None, help="cluster secret, to read loads")
+    peers.add_argument("--timeout", type=float, default=2.0, help="seconds to browse")
+    peers.add_argument(
+        "--interface", action="append", default=None, help="IPv4 address to browse on"
+    )
     return parser
 
 
@@ -36,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
             print("gobucket demo: --speed must be > 0", file=sys.stderr)
             return 2
         return run_demo(speed=args.speed, plain=args.plain)
+    if args.command == "peers":
+        from gobucket.cli.peers import run_peers
+
+        return run_peers(args.cluster, args.watch, args.secret, args.timeout, args.interface)
     return 2  # pragma: no cover - argparse enforces a command
 
 
