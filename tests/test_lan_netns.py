@@ -115,7 +115,7 @@ def lan() -> Iterator[tuple[VirtualLan, list[Node]]]:
 def test_nodes_find_each_other_overflow_flows_and_a_killed_node_is_reported(
     lan: tuple[VirtualLan, list[Node]],
 ) -> None:
-    net, (a, b, c, stranger) = lan
+    _net, (a, b, c, stranger) = lan
 
     def lab_peers_up(node: Node) -> set[str]:
         return {p["node"] for p in node.peers() if p["up"] and p["loads"]}
