@@ -25,6 +25,15 @@ from gobucket.errors import (
 )
 from gobucket.executors.base import Executor, FunctionExecutor
 from gobucket.group import TaskBucketGroup
+from gobucket.recovery import (
+    JsonlRescueSink,
+    RedisRescueSink,
+    RescuedTask,
+    RescueSink,
+    install_signal_handlers,
+    replay,
+    rescue_on_error,
+)
 
 __version__ = "0.1.0"
 
@@ -39,11 +48,15 @@ __all__ = [
     "FunctionExecutor",
     "GoBucketError",
     "InvalidArgumentError",
+    "JsonlRescueSink",
     "NoPeerAvailableError",
     "Outcome",
     "PeerInfo",
     "PeerLostTaskError",
     "Placement",
+    "RedisRescueSink",
+    "RescueSink",
+    "RescuedTask",
     "TaskActorCrashedError",
     "TaskBucket",
     "TaskBucketGroup",
@@ -52,4 +65,7 @@ __all__ = [
     "TaskType",
     "__version__",
     "default_runtime",
+    "install_signal_handlers",
+    "replay",
+    "rescue_on_error",
 ]

@@ -16,6 +16,8 @@ from gobucket.actors.runtime import ActorRuntime, call, default_runtime
 from gobucket.config import BucketConfig, Duration, TaskType, to_seconds
 from gobucket.errors import BucketClosedError, InvalidArgumentError
 from gobucket.executors.base import Executor, HookTable
+from gobucket.recovery.record import RescuedTask
+from gobucket.recovery.sinks import RescueSink
 
 __all__ = ["TaskBucket", "validate_task_id"]
 
@@ -51,6 +53,8 @@ class TaskBucket:
         config: life span, capacity, default ``run_after``, verbosity.
         executor: the hooks (an :class:`~gobucket.Executor`).
         runtime: the actor runtime to run on (the process default if omitted).
+        rescue_sink: where :meth:`rescue` writes every rescued task (e.g.
+            :class:`~gobucket.JsonlRescueSink`), after its ``on_panic`` returned.
     """
 
     def __init__(
@@ -59,6 +63,7 @@ class TaskBucket:
         executor: Executor,
         *,
         runtime: ActorRuntime | None = None,
+        rescue_sink: RescueSink | None = None,
     ) -> None:
         if not isinstance(config, BucketConfig):
             raise InvalidArgumentError(
@@ -68,6 +73,7 @@ class TaskBucket:
         self._config = config
         self._executor = executor
         self._runtime = runtime or default_runtime()
+        self.rescue_sink = rescue_sink
         self._ref: pykka.ActorRef[BucketActor] = BucketActor.start_on(self._runtime, config, hooks)
         self._closed = False
         self._close_lock = threading.Lock()
@@ -182,7 +188,7 @@ class TaskBucket:
         """
         answer: tuple[list[pykka.Future[Any]], list[pykka.ActorRef[Any]]] = self._ask(m.RescueAll())
         futures, refs = answer
-        rescued = 0
+        records: list[RescuedTask] = []
         for future, ref in zip(futures, refs, strict=True):
             if ref.actor_inbox.held_by_current_thread():  # type: ignore[attr-defined]
                 # A signal handler interrupted this very task's handler (it is
@@ -194,10 +200,14 @@ class TaskBucket:
                 )
                 continue
             try:
-                if future.get(timeout=timeout):
-                    rescued += 1
+                result = future.get(timeout=timeout)
             except pykka.ActorDeadError:
                 continue
+            if isinstance(result, RescuedTask):
+                records.append(result)
+        rescued = len(records)
+        if self.rescue_sink is not None and records:
+            self.rescue_sink.write(records)
         if self._config.verbose:
             logger.info("[%s] rescued %d task(s)", self.name, rescued)
         return rescued

@@ -9,7 +9,7 @@ later one is ignored, so each accepted task gets exactly one end.
 from __future__ import annotations
 
 import logging
-import time
+from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any
 
 import pykka
@@ -19,6 +19,7 @@ from gobucket.actors.runtime import RuntimeActor, tell_quietly
 from gobucket.config import TaskType
 from gobucket.context import TaskContext
 from gobucket.errors import TaskNotFoundError
+from gobucket.recovery.record import RescuedTask
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -80,7 +81,7 @@ class TaskActor(RuntimeActor):
         crashed: BaseException | None = None,
     ) -> None:
         super().__init__()
-        now = time.monotonic() if filled_at is None else filled_at
+        now = _monotonic() if filled_at is None else filled_at
         self.spec = spec
         self.task_id = task_id
         self.data = data
@@ -188,7 +189,7 @@ class TaskActor(RuntimeActor):
         spec = self.spec
         ctx = self.ctx
         if ctx.attempt <= spec.max_retries:
-            due = time.monotonic() + spec.backoff * (2 ** (ctx.attempt - 1))
+            due = _monotonic() + spec.backoff * (2 ** (ctx.attempt - 1))
             if due < ctx.deadline:
                 if spec.verbose:
                     logger.info(
@@ -248,7 +249,7 @@ class TaskActor(RuntimeActor):
         assert self.outcome is not None
         tell_quietly(self.spec.bucket, m.TaskEnded(self.task_id, self.outcome))
         if self._waiters:
-            rescued = self.outcome is m.Outcome.PANICKED
+            rescued: Any = self._record() if self.outcome is m.Outcome.PANICKED else False
             for waiter in self._waiters:
                 waiter.set(rescued)
         self._stop()
@@ -280,6 +281,22 @@ class TaskActor(RuntimeActor):
         if self.state in _LIVE:
             self._end(m.Outcome.PANICKED, urgent=True)
         return None
+
+    def _record(self) -> RescuedTask:
+        """What a rescue sink stores of this task."""
+        ctx = self.ctx
+        now = _monotonic()
+        wait = 0.0
+        if ctx.attempt == 0 and self.run_after > 0:
+            wait = max(0.0, ctx.filled_at + self.run_after - now)
+        return RescuedTask(
+            self.spec.name,
+            self.task_id,
+            ctx.task_type,
+            self.data,
+            max(0.0, ctx.deadline - now),
+            wait,
+        )
 
     # helpers -------------------------------------------------------------------------
     def _disarm(self) -> None:
