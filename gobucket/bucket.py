@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -13,6 +14,7 @@ import pykka
 from gobucket.actors import messages as m
 from gobucket.actors.bucket import BucketActor, BucketStats
 from gobucket.actors.runtime import ActorRuntime, call, default_runtime
+from gobucket.actors.supervisor import Supervise, Unsupervise
 from gobucket.config import BucketConfig, Duration, TaskType, to_seconds
 from gobucket.errors import BucketClosedError, InvalidArgumentError
 from gobucket.executors.base import Executor, HookTable
@@ -55,6 +57,10 @@ class TaskBucket:
         runtime: the actor runtime to run on (the process default if omitted).
         rescue_sink: where :meth:`rescue` writes every rescued task (e.g.
             :class:`~gobucket.JsonlRescueSink`), after its ``on_panic`` returned.
+        max_restarts, restart_window: supervision. If the bucket's actor fails,
+            its live tasks are rescued and a fresh actor takes its place; more
+            than ``max_restarts`` failures within ``restart_window`` seconds stop
+            the bucket for good (callers then get :class:`BucketClosedError`).
     """
 
     def __init__(
@@ -64,6 +70,8 @@ class TaskBucket:
         *,
         runtime: ActorRuntime | None = None,
         rescue_sink: RescueSink | None = None,
+        max_restarts: int = 3,
+        restart_window: float = 10.0,
     ) -> None:
         if not isinstance(config, BucketConfig):
             raise InvalidArgumentError(
@@ -74,9 +82,51 @@ class TaskBucket:
         self._executor = executor
         self._runtime = runtime or default_runtime()
         self.rescue_sink = rescue_sink
-        self._ref: pykka.ActorRef[BucketActor] = BucketActor.start_on(self._runtime, config, hooks)
+        self._hooks = hooks
+        self._key = f"bucket:{config.name}:{id(self):x}"
+        self._failure: BaseException | None = None
+        self._ref: pykka.ActorRef[BucketActor] = self._spawn()
+        call(
+            self._runtime.supervisor,
+            Supervise(
+                self._key, self._spawn, self._restarted, self._gave_up, max_restarts, restart_window
+            ),
+        )
         self._closed = False
         self._close_lock = threading.Lock()
+
+    # supervision -------------------------------------------------------------------
+    def _spawn(self) -> pykka.ActorRef[BucketActor]:
+        return BucketActor.start_on(self._runtime, self._config, self._hooks, self._key)
+
+    def _restarted(self, fresh: pykka.ActorRef[Any], panics: list[pykka.Future[Any]]) -> None:
+        self._ref = fresh
+        self._after_crash(panics)
+
+    def _gave_up(self, error: BaseException, panics: list[pykka.Future[Any]]) -> None:
+        self._failure = error
+        self._closed = True
+        self._after_crash(panics)
+
+    def _after_crash(self, panics: list[pykka.Future[Any]]) -> None:
+        """Wait for the rescued tasks' on_panic (on a worker) and write them to the sink."""
+        sink = self.rescue_sink
+        name = self.name
+
+        def collect() -> None:
+            records = []
+            for future in panics:
+                try:
+                    result = future.get(timeout=60)
+                except Exception:
+                    continue
+                if isinstance(result, RescuedTask):
+                    records.append(result)
+            logger.warning("[%s] rescued %d task(s) of a failed bucket actor", name, len(records))
+            if sink is not None and records:
+                sink.write(records)
+
+        self._runtime.threads.submit(collect, (), self._runtime.supervisor, m.HookKind.END)
 
     # properties ------------------------------------------------------------------
     @property
@@ -164,6 +214,11 @@ class TaskBucket:
                 )
             after = 0.0
         if self._closed:
+            if self._failure is not None:
+                raise BucketClosedError(
+                    f"bucket {self.name!r} was stopped after repeated failures of its actor "
+                    f"(last: {self._failure!r})"
+                )
             raise BucketClosedError(f"bucket {self.name!r} is closed")
         return m.FillTask(task_type, id, data, after, life)
 
@@ -248,13 +303,14 @@ class TaskBucket:
             self.join(timeout)
         rescued = self.rescue() if len(self) else 0
         self.join(5.0)
+        call(self._runtime.supervisor, Unsupervise(self._key))
         self._ref.stop()
         return rescued
 
     def __len__(self) -> int:
         try:
-            count: int = call(self._ref, m.Count())
-        except pykka.ActorDeadError:
+            count: int = self._ask(m.Count())
+        except BucketClosedError:
             return 0
         return count
 
@@ -262,8 +318,8 @@ class TaskBucket:
         if not isinstance(id, str):
             return False
         try:
-            return bool(call(self._ref, m.Contains(id)))
-        except pykka.ActorDeadError:
+            return bool(self._ask(m.Contains(id)))
+        except BucketClosedError:
             return False
 
     def __enter__(self) -> Self:
@@ -282,7 +338,20 @@ class TaskBucket:
         return f"<TaskBucket {self.name!r} {state} max={self._config.max_bucket}>"
 
     def _ask(self, message: Any) -> Any:
-        try:
-            return call(self._ref, message)
-        except pykka.ActorDeadError:
-            raise BucketClosedError(f"bucket {self.name!r} is closed") from None
+        deadline = time.monotonic() + 5.0
+        while True:
+            ref = self._ref
+            try:
+                return call(ref, message)
+            except pykka.ActorDeadError:
+                if self._failure is not None:
+                    raise BucketClosedError(
+                        f"bucket {self.name!r} was stopped after repeated failures of its "
+                        f"actor (last: {self._failure!r})"
+                    ) from None
+                if self._closed and self._ref is ref:
+                    raise BucketClosedError(f"bucket {self.name!r} is closed") from None
+                if self._ref is ref:
+                    if time.monotonic() > deadline:
+                        raise BucketClosedError(f"bucket {self.name!r} is not running") from None
+                    time.sleep(0.01)  # the supervisor is restarting it: wait for the swap

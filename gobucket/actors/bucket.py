@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pykka
 
 from gobucket.actors import messages as m
-from gobucket.actors.runtime import RuntimeActor
+from gobucket.actors.runtime import RuntimeActor, tell_quietly
 from gobucket.actors.task import TaskActor, TaskSpec
 from gobucket.config import BucketConfig, TaskType
 from gobucket.errors import (
@@ -21,6 +21,8 @@ from gobucket.errors import (
 )
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
     from gobucket.executors.base import HookTable
 
 __all__ = ["BucketActor", "BucketStats"]
@@ -64,8 +66,11 @@ class BucketStats:
 class BucketActor(RuntimeActor):
     """Admits or refuses fills, frees ids when tasks end, answers rescue, supervises tasks."""
 
-    def __init__(self, config: BucketConfig, hooks: HookTable) -> None:
+    def __init__(
+        self, config: BucketConfig, hooks: HookTable, supervisor_key: str | None = None
+    ) -> None:
         super().__init__()
+        self.supervisor_key = supervisor_key
         self.config = config
         self.spec = TaskSpec(
             self.actor_ref,
@@ -119,6 +124,22 @@ class BucketActor(RuntimeActor):
             self._on_task_failed(message)
             return None
         return super().on_receive(message)
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Tell the root supervisor, with our live tasks, so that it can rescue and restart."""
+        if self.supervisor_key is None:
+            return
+        from gobucket.actors.supervisor import ChildFailed
+
+        tell_quietly(
+            self.runtime.supervisor,
+            ChildFailed(self.supervisor_key, exception_value, list(self.tasks.values())),
+        )
 
     def _fill(self, msg: m.FillTask) -> None:
         if self.closed:

@@ -296,6 +296,7 @@ class ActorRuntime:
         self.timers: TimerService = TimerService(name=f"{name}-timer")
         self.threads: ThreadHookRunner = ThreadHookRunner(workers, name=f"{name}-worker")
         self._async: AsyncHookRunner | None = None
+        self._supervisor: pykka.ActorRef[Any] | None = None
 
     @property
     def async_runner(self) -> AsyncHookRunner:
@@ -307,6 +308,17 @@ class ActorRuntime:
                 if self._async is None:
                     self._async = AsyncHookRunner(name=f"{self.name}-asyncio")
         return self._async
+
+    @property
+    def supervisor(self) -> pykka.ActorRef[Any]:
+        """The root supervisor of this runtime (started on first use)."""
+        if self._supervisor is None:
+            from gobucket.actors.supervisor import RootSupervisor
+
+            with self._lock:
+                if self._supervisor is None:
+                    self._supervisor = RootSupervisor.start_on(self)
+        return self._supervisor
 
     def schedule(self, mailbox: Mailbox) -> None:
         """Queue a mailbox with waiting messages for a dispatcher."""
