@@ -169,10 +169,17 @@ class TaskBucketGroup:
         while not self._stopped.wait(0.5):
             pass
 
-    def stop(self) -> None:
-        """Stop discovery, close every connection and the server. Buckets stay open."""
+    def stop(self, *, handoff: bool = False, timeout: float = 30.0) -> int:
+        """Leave the group: stop discovery, close every connection and the server.
+
+        With ``handoff``, first every live task that has not started is filled
+        on a peer (acknowledged) with its remaining wait and life; what no peer
+        takes is rescued through ``on_panic`` (and the bucket's rescue sink).
+        Returns how many tasks were handed off. Buckets stay open.
+        """
         if self._stopped.is_set():
-            return
+            return 0
+        handed = self._hand_off(timeout) if handoff and self._ref is not None else 0
         self._stopped.set()
         for source in self._sources:
             try:
@@ -185,6 +192,62 @@ class TaskBucketGroup:
         self._network.stop()
         if self._ref is not None:
             self._ref.stop()
+        return handed
+
+    def _hand_off(self, timeout: float) -> int:
+        """Move not-yet-started tasks to peers; rescue what no peer takes."""
+        from gobucket.actors import messages as m
+        from gobucket.recovery.record import RescuedTask
+
+        assert self._ref is not None
+        handed = 0
+        for name, bucket in self._buckets.items():
+            try:
+                reserved: list[tuple[pykka.ActorRef[Any], pykka.Future[Any]]] = bucket._ask(
+                    m.ReserveAll()
+                )
+            except GoBucketError:
+                continue
+            routes: list[tuple[pykka.ActorRef[Any], RescuedTask, pykka.Future[Any]]] = []
+            for ref, reply in reserved:
+                try:
+                    record = reply.get(timeout=timeout)
+                except Exception:
+                    continue
+                if not isinstance(record, RescuedTask):
+                    continue  # running or ending: it finishes here
+                wait = record.remaining_wait
+                wire = {
+                    "t": "fill",
+                    "bucket": name,
+                    "id": record.task_id,
+                    "data": pack(record.data),
+                    "type": (TaskType.TIME_BOMB if wait > 0 else TaskType.IMMEDIATE).value,
+                    "run_after": wait,
+                    "life_span": max(record.remaining_life, wait + 0.001),
+                }
+                routes.append(
+                    (ref, record, self._ref.ask(RouteFill(name, record.task_id, wire), block=False))
+                )
+            rescued: list[RescuedTask] = []
+            for ref, _record, route in routes:
+                try:
+                    route.get(timeout=timeout)
+                    placed = True
+                except Exception:
+                    placed = False
+                try:
+                    result = ref.ask(m.Release(placed), timeout=timeout)
+                except Exception:
+                    continue
+                if placed:
+                    handed += 1
+                elif isinstance(result, RescuedTask):
+                    rescued.append(result)
+            if rescued and bucket.rescue_sink is not None:
+                bucket.rescue_sink.write(rescued)
+            logger.info("[%s] handed off %d task(s), rescued %d", name, handed, len(rescued))
+        return handed
 
     def __enter__(self) -> Self:
         return self.start()

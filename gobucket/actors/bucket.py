@@ -51,6 +51,7 @@ class BucketStats:
     refused_duplicate: int
     crashed: int
     closed: bool
+    handed_off: int = 0
 
     @property
     def free(self) -> int:
@@ -108,6 +109,8 @@ class BucketActor(RuntimeActor):
         if kind is m.RescueAll:
             refs = list(self.tasks.values())
             return [ref.ask(m.PANIC, block=False) for ref in refs], refs
+        if kind is m.ReserveAll:
+            return [(ref, ref.ask(m.RESERVE, block=False)) for ref in list(self.tasks.values())]
         if kind is m.GetStats:
             return self._stats()
         if kind is m.AwaitEmpty:
@@ -233,4 +236,5 @@ class BucketActor(RuntimeActor):
             refused_duplicate=self._refused_dup,
             crashed=self._crashed,
             closed=self.closed,
+            handed_off=c[m.Outcome.HANDED_OFF],
         )

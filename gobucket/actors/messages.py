@@ -41,6 +41,7 @@ class Outcome(enum.Enum):
     EXHAUSTED = "exhausted"
     PANICKED = "panicked"
     DRAINED = "drained"
+    HANDED_OFF = "handed_off"
 
 
 class HookKind(enum.IntEnum):
@@ -80,6 +81,26 @@ class Panic:
     """Rescue the task: run ``on_panic``; answered (True/False) once that hook returned."""
 
 
+@dataclass(frozen=True, slots=True)
+class Reserve:
+    """Hand-off: a task that has not started stops waiting and answers its record (or None)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Hand-off result: ``placed`` ends the task here with no hook; else it is rescued.
+
+    Answered once the task has ended (after ``on_panic`` when not placed).
+    """
+
+    placed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveAll:
+    """Reserve every live task for hand-off; answered with [(ref, future of record)]."""
+
+
 class HookDone(NamedTuple):
     """A hook runner finished a hook; ``error`` is what it raised, if anything.
 
@@ -97,6 +118,7 @@ Executed = HookDone
 FIRE = Fire()
 EXPIRE = Expire()
 RETRY = Retry()
+RESERVE = Reserve()
 DRAIN = Drain()
 PANIC = Panic()
 EXECUTED_OK = HookDone(HookKind.EXECUTE)

@@ -36,7 +36,8 @@ RUNNING = 1
 RETRY_WAIT = 2
 ENDING = 3
 ENDED = 4
-_LIVE = (WAITING, RUNNING, RETRY_WAIT)
+HANDING = 5
+_LIVE = (WAITING, RUNNING, RETRY_WAIT, HANDING)
 
 
 class TaskSpec:
@@ -149,7 +150,7 @@ class TaskActor(RuntimeActor):
                 self._execute()
             return None
         if kind is m.Expire:
-            if self.state in _LIVE:
+            if self.state in _LIVE and self.state != HANDING:
                 self._expire = None
                 self._end(m.Outcome.EXHAUSTED)
             return None
@@ -162,7 +163,34 @@ class TaskActor(RuntimeActor):
             return self._drain(message.reply)
         if kind is m.Panic:
             return self._panic()
+        if kind is m.Reserve:
+            return self._reserve()
+        if kind is m.Release:
+            return self._release_handoff(message.placed)
         return super().on_receive(message)
+
+    def _reserve(self) -> RescuedTask | None:
+        if self.state != WAITING:
+            return None
+        self.state = HANDING
+        if self._fire is not None:
+            self.runtime.timers.cancel(self._fire)
+            self._fire = None
+        return self._record()
+
+    def _release_handoff(self, placed: bool) -> Any:
+        if self.state != HANDING:
+            return False
+        if placed:
+            self.state = ENDED
+            self.outcome = m.Outcome.HANDED_OFF
+            self._disarm()
+            if self.spec.verbose:
+                logger.info("[%s] task %s handed off to a peer", self.spec.name, self.task_id)
+            tell_quietly(self.spec.bucket, m.TaskEnded(self.task_id, m.Outcome.HANDED_OFF))
+            self._stop()
+            return True
+        return self._panic()
 
     # transitions -------------------------------------------------------------------
     def _execute(self) -> None:
