@@ -30,7 +30,12 @@ from gobucket.bucket import TaskBucket
 from gobucket.config import Duration, TaskType
 from gobucket.discovery.base import PeerEvent, PeerSource, PeerUp
 from gobucket.discovery.static import StaticDiscovery
-from gobucket.errors import BucketFullError, GoBucketError, InvalidArgumentError
+from gobucket.errors import (
+    BucketFullError,
+    GoBucketError,
+    InvalidArgumentError,
+    NoPeerAvailableError,
+)
 from gobucket.wire.connection import Identity, PeerHello
 from gobucket.wire.frames import DEFAULT_MAX_FRAME, pack
 from gobucket.wire.node import NetworkNode
@@ -340,6 +345,10 @@ class TaskBucketGroup:
             "run_after": message.run_after,
             "life_span": message.life_span,
         }
+        if self._stopped.is_set() or not self._ref.is_alive():
+            raise NoPeerAvailableError(
+                f"task buffer exceeded: bucket {bucket!r} is full and the group is stopped"
+            )
         future: pykka.Future[Placement] = self._ref.ask(RouteFill(bucket, id, wire), block=False)
         return future
 

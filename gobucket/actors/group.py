@@ -287,7 +287,7 @@ class GroupActor(RuntimeActor):
             if code == RefusalCode.BAD_DATA:
                 self._finish(msg.route, route, InvalidArgumentError(text), report=msg.address)
                 return
-            if peer is not None and code == RefusalCode.FULL:
+            if peer is not None and code in (RefusalCode.FULL, RefusalCode.CLOSED):
                 load = peer.loads.get(route.bucket)
                 if load is not None:
                     peer.loads[route.bucket] = (load[1], load[1])
@@ -368,6 +368,8 @@ class GroupActor(RuntimeActor):
         loads: dict[str, list[int]] = {}
         for name, bucket in self.buckets.items():
             try:
+                if bucket.closed:  # a closed bucket takes nothing: report it full
+                    raise RuntimeError("closed")
                 loads[name] = [len(bucket), bucket.config.max_bucket]
             except Exception:
                 loads[name] = [bucket.config.max_bucket, bucket.config.max_bucket]

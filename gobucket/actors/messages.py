@@ -143,6 +143,7 @@ class DrainTask:
     """Drain a live task by id (answered True, or TaskNotFoundError)."""
 
     task_id: str
+    may_defer = True  # forwarded to a busy TaskActor, answered later
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +199,8 @@ class GetStats:
 @dataclass(frozen=True, slots=True)
 class AwaitEmpty:
     """Answered (True) once no task is alive."""
+
+    may_defer = True
 
 
 @dataclass(frozen=True, slots=True)

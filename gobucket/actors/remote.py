@@ -187,10 +187,13 @@ class RemoteGroupRef:
                     CLIENT,
                     self.node.handshake_timeout,
                 )
-            except (ProtocolError, FrameError) as error:
+            except (ProtocolError, FrameError, ValueError, OverflowError) as error:
                 logger.warning("peer %s:%s refused the handshake: %s", host, port, error)
                 conn.fail(getattr(error, "code", "bad_frame"), str(error))
                 self.events("refused", str(error))
+                if getattr(error, "code", "") == "self":
+                    logger.info("%s:%s is this node itself: not dialling it again", host, port)
+                    return
                 await asyncio.sleep(max(backoff, 1.0) * (0.5 + random.random()))
                 backoff = min(backoff * 2, 5.0)
                 continue

@@ -210,6 +210,8 @@ class Mailbox:
             if message is not None:
                 if actor.actor_stopped.is_set():
                     raise pykka.ActorDeadError(f"{actor} stopped before handling the message")
+                if getattr(message, "may_defer", False):
+                    return actor._handle_call(message)
                 return actor._handle_direct(message)
             return None
         finally:
@@ -254,12 +256,23 @@ class Mailbox:
         self._release(actor, 0)
 
 
+class Deferred:
+    """What an inline call returns when the handler deferred its reply."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: pykka.Future[Any]) -> None:
+        self.future = future
+
+
 def call(ref: pykka.ActorRef[Any], message: Any, timeout: float | None = None) -> Any:
     """Ask ``ref`` and wait: inline when the actor is free, through its mailbox otherwise."""
     inbox = ref.actor_inbox
     if type(inbox) is Mailbox and ref.is_alive():
         done, result = inbox.call(message)
         if done:
+            if type(result) is Deferred:
+                return result.future.get(timeout=timeout)
             return result
     return ref.ask(message, timeout=timeout)
 
@@ -467,6 +480,17 @@ class RuntimeActor(pykka.Actor):
                 self._crash(*sys.exc_info())
             return None
         return self.on_receive(message)
+
+    def _handle_call(self, message: Any) -> Any:
+        """Handle an inline call whose handler may defer its reply (``may_defer``)."""
+        future: LatchFuture[Any] = LatchFuture()
+        self._reply = future
+        try:
+            result = self._handle_direct(message)
+        finally:
+            deferred = self._reply is None
+            self._reply = None
+        return Deferred(future) if deferred else result
 
     def defer_reply(self) -> pykka.Future[Any] | None:
         """Take over the reply of the ``ask`` being handled; answer it later yourself."""

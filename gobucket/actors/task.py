@@ -237,7 +237,8 @@ class TaskActor(RuntimeActor):
     ) -> None:
         self.state = ENDING
         self.outcome = outcome
-        self._disarm()
+        # Only an end that cuts the task short cancels its context.
+        self._disarm(cancel=outcome in (m.Outcome.EXHAUSTED, m.Outcome.PANICKED))
         hooks = self.spec.hooks
         if self.spec.verbose:
             logger.info(
@@ -327,8 +328,9 @@ class TaskActor(RuntimeActor):
         )
 
     # helpers -------------------------------------------------------------------------
-    def _disarm(self) -> None:
-        self.ctx._cancel()
+    def _disarm(self, cancel: bool = True) -> None:
+        if cancel:
+            self.ctx._cancel()
         timers = self.runtime.timers
         if self._fire is not None:
             timers.cancel(self._fire)

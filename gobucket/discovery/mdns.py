@@ -59,7 +59,19 @@ def _local_addresses() -> list[str]:
             addresses.add(probe.getsockname()[0])
     except OSError:
         pass
-    return sorted(addresses) or ["127.0.0.1"]
+    routable = sorted(a for a in addresses if not a.startswith("127."))
+    return routable or ["127.0.0.1"]  # a host name that resolves to loopback is not a LAN address
+
+
+def _fit(names: tuple[str, ...], limit: int = 240) -> str:
+    """Bucket names joined for one TXT string (at most 255 bytes; peers learn all in HELLO)."""
+    text = ""
+    for name in names:
+        candidate = f"{text},{name}" if text else name
+        if len(candidate.encode()) > limit:
+            break
+        text = candidate
+    return text
 
 
 class MdnsDiscovery:
@@ -146,7 +158,7 @@ class MdnsDiscovery:
                 "cluster": self.cluster,
                 "node": self.node_id,
                 "v": str(PROTOCOL_VERSION),
-                "buckets": ",".join(self.buckets),
+                "buckets": _fit(self.buckets),
             },
             server=f"{self.node_id}.local.",
             parsed_addresses=addresses,
@@ -205,7 +217,7 @@ class MdnsDiscovery:
         if self.interfaces:
             preferred = [a for a in addresses if a in self.interfaces] or addresses
         else:
-            preferred = addresses
+            preferred = [a for a in addresses if not a.startswith("127.")] or addresses
         address = (preferred[0], int(info.port))
         buckets = tuple(b for b in _text(props, "buckets").split(",") if b)
         old = self._known.get(name)

@@ -63,6 +63,8 @@ async def _call(
     reply_to: pykka.ActorRef[Any],
     kind: HookKind,
 ) -> None:
+    if kind is HookKind.EXECUTE and args and getattr(args[0], "cancelled", False):
+        return  # drained, exhausted or rescued before it started: never start it
     try:
         await fn(*args)
     except asyncio.CancelledError as error:

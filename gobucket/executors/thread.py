@@ -55,7 +55,7 @@ class ThreadHookRunner:
         job = (fn, args, reply_to, kind)
         if not urgent:
             follow_ups = getattr(self._local, "follow_ups", None)
-            if follow_ups is not None:
+            if follow_ups is not None and self._local.reporting:
                 # Submitted from one of our workers (a task's end hook, right
                 # after its on_execute): that worker runs it next, no hand-off.
                 follow_ups.append(job)
@@ -87,7 +87,7 @@ class ThreadHookRunner:
                 job = self._urgent.get_nowait()
             except queue.Empty:
                 return
-            _run(job)
+            _run(job, None)
 
     def _work(self) -> None:
         from gobucket.actors.runtime import mark_runtime_thread
@@ -98,6 +98,8 @@ class ThreadHookRunner:
         lock = self._lock
         follow_ups: list[_Job] = []
         self._local.follow_ups = follow_ups
+        self._local.reporting = False
+        local = self._local
         while True:
             if not urgent.empty():
                 self._drain_urgent()
@@ -110,13 +112,16 @@ class ThreadHookRunner:
                 if self._stopping:
                     return
                 continue
-            _run(job)
+            _run(job, local)
             while follow_ups:
-                _run(follow_ups.pop())
+                _run(follow_ups.pop(), local)
 
 
-def _run(job: _Job) -> None:
+def _run(job: _Job, local: threading.local | None) -> None:
     fn, args, reply_to, kind = job
+    if kind is HookKind.EXECUTE and args and getattr(args[0], "cancelled", False):
+        # Drained, exhausted or rescued while waiting for a worker: never start it.
+        return
     try:
         fn(*args)
     except Exception as error:
@@ -125,9 +130,16 @@ def _run(job: _Job) -> None:
         message = HookDone(kind, error)
     else:
         message = _OK[kind]
+    # While the result is reported (the actor may run inline here), an end hook
+    # the actor submits is a follow-up of this job: this worker runs it next.
+    if local is not None:
+        local.reporting = True
     try:
         reply_to.tell(message)
     except pykka.ActorDeadError:
         pass
     except Exception:
         logger.exception("could not report a hook result to %s", reply_to)
+    finally:
+        if local is not None:
+            local.reporting = False

@@ -146,6 +146,8 @@ async def handshake(
         raise ProtocolError("version", f"protocol version {hello['v']} is not {PROTOCOL_VERSION}")
     if hello["cluster"] != me.cluster:
         raise ProtocolError("cluster", f"peer is in cluster {hello['cluster']!r}")
+    if not 0 < len(hello["node"]) <= 255 or not 0 < len(hello["cluster"]) <= 255:
+        raise ProtocolError("bad_message", "node and cluster names must be 1..255 characters")
     if hello["node"] == me.node:
         raise ProtocolError("self", "connected to itself")
     their_nonce: bytes = hello["nonce"]
