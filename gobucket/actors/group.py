@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pykka
 
 from gobucket.actors import messages as m
-from gobucket.actors.remote import NotSentError, RemoteGroupRef
+from gobucket.actors.remote import NotSentError, PeerLostError, RemoteGroupRef
 from gobucket.actors.runtime import RuntimeActor, call, tell_quietly
 from gobucket.config import TaskType
 from gobucket.discovery.base import PeerDown, PeerEvent, PeerUp
@@ -269,6 +269,12 @@ class GroupActor(RuntimeActor):
             return
         reply = msg.reply
         peer = self.peers.get(msg.address)
+        accepted = isinstance(reply, dict) and bool(reply.get("ok"))
+        if peer is not None and not accepted and not isinstance(reply, PeerLostError):
+            # It did not take the task: stop counting it against the peer's room.
+            sent = peer.sent_since_report.get(route.bucket, 0)
+            if sent > 0:
+                peer.sent_since_report[route.bucket] = sent - 1
         if isinstance(reply, dict):
             if reply.get("ok"):
                 node = peer.node if peer and peer.node else f"{msg.address[0]}:{msg.address[1]}"

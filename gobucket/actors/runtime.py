@@ -447,8 +447,7 @@ class RuntimeActor(pykka.Actor):
     def _process(self, envelope: Envelope[Any]) -> None:
         reply_to = envelope.reply_to
         if self.actor_stopped.is_set():
-            if reply_to is not None:
-                _fail_dead(self, reply_to, envelope.message)
+            _fail_dead(self, reply_to, envelope.message)
             return
         self._reply = reply_to
         try:
@@ -537,8 +536,7 @@ class RuntimeActor(pykka.Actor):
                 envelope = inbox.get()
             except IndexError:
                 break
-            if envelope.reply_to is not None:
-                _fail_dead(self, envelope.reply_to, envelope.message)
+            _fail_dead(self, envelope.reply_to, envelope.message)
 
 
 class _Start:
@@ -559,7 +557,12 @@ _PYKKA_MESSAGES = frozenset(
 )
 
 
-def _fail_dead(actor: RuntimeActor, reply_to: pykka.Future[Any], message: Any) -> None:
+def _fail_dead(actor: RuntimeActor, reply_to: pykka.Future[Any] | None, message: Any) -> None:
+    """Answer a message the actor will never handle (an ask, or a tell carrying a reply)."""
+    if reply_to is None:
+        reply_to = getattr(message, "reply", None)
+        if not isinstance(reply_to, pykka.Future):
+            return
     try:
         if isinstance(message, pykka_messages._ActorStop):
             reply_to.set(None)
