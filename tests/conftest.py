@@ -121,5 +121,13 @@ def make_bucket() -> Iterator[Callable[..., TaskBucket]]:
         return bucket
 
     yield make
+    hung = []
     for bucket in buckets:
-        bucket.close(timeout=2.0)
+        # close() on a daemon thread: a library bug that hangs it must fail the test,
+        # not hang the session.
+        closer = threading.Thread(target=bucket.close, kwargs={"timeout": 2.0}, daemon=True)
+        closer.start()
+        closer.join(20.0)
+        if closer.is_alive():
+            hung.append(bucket)
+    assert not hung, f"close() hung for {hung}"

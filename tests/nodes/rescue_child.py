@@ -1,0 +1,141 @@
+"""A child process for the recovery end-to-end tests (``tests/test_recovery_*.py``).
+
+Modes (the first argument):
+
+``fill``
+    Holds a bucket (``--name``) with a rescue sink (``--jsonl PATH`` or ``--redis URL
+    --key KEY``) and ``install_signal_handlers``; fills ``--count`` pending time bombs
+    ``bomb-<i>`` and prints ``ready``. With ``--mid-load`` it then keeps filling
+    ``more-<j>``, printing ``acked <j>`` after each fill returned, until it is signalled.
+    Otherwise it waits for a signal. The signal handler rescues every live task into the
+    sink and exits with status 128 + signal.
+
+``replay``
+    Reads the sink, replays it into a fresh bucket (``--name``, ``--max``) and prints one
+    JSON line: ``{"filled": n, "present": [ids now in the bucket], "left": n_in_sink}``.
+
+``write-loop``
+    Appends batches of ``--count`` records to ``--jsonl PATH`` forever, printing
+    ``wrote <k>`` after each batch is durable (for a crash-mid-write test: SIGKILL it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+from gobucket import (
+    BucketConfig,
+    Executor,
+    JsonlRescueSink,
+    RedisRescueSink,
+    RescuedTask,
+    TaskBucket,
+    TaskType,
+    install_signal_handlers,
+    replay,
+)
+
+LIFE_SPAN = 300.0
+RUN_AFTER = 200.0
+MAX_EXTRA = 200_000  # --mid-load stops filling here (the test signals long before)
+
+
+def task_data(i: int) -> dict[str, Any]:
+    """The data of task ``i`` (bytes and nesting check the sink's encoding)."""
+    return {"i": i, "blob": bytes([i % 256]) * 3, "tags": ["x", i, None]}
+
+
+class PanicCounter(Executor):
+    """on_panic does nothing but count (the sink stores the tasks)."""
+
+    def __init__(self) -> None:
+        self.panicked = 0
+
+    def on_panic(self, ctx: Any, id: str, data: Any) -> None:
+        self.panicked += 1
+
+
+def say(line: str) -> None:
+    # os.write, not print: a signal handler that flushes sys.stdout must never
+    # interrupt a half-done buffered write of ours.
+    os.write(1, (line + "\n").encode())
+
+
+def make_sink(args: argparse.Namespace) -> Any:
+    if args.jsonl:
+        return JsonlRescueSink(args.jsonl)
+    return RedisRescueSink(args.redis, args.key)
+
+
+def fill(args: argparse.Namespace) -> None:
+    bucket = TaskBucket(
+        BucketConfig(
+            life_span=LIFE_SPAN, run_after=RUN_AFTER, max_bucket=1_000_000, name=args.name
+        ),
+        PanicCounter(),
+        rescue_sink=make_sink(args),
+    )
+    install_signal_handlers(bucket)
+    for i in range(args.count):
+        bucket.fill(TaskType.TIME_BOMB, f"bomb-{i}", task_data(i))
+    say("ready")
+    if args.mid_load:
+        for j in range(MAX_EXTRA):
+            bucket.fill(TaskType.TIME_BOMB, f"more-{j}", task_data(j))
+            say(f"acked {j}")
+        say("done")
+    while True:
+        signal.pause()
+
+
+def replay_mode(args: argparse.Namespace) -> None:
+    sink = make_sink(args)
+    stored = sink.read()
+    bucket = TaskBucket(
+        BucketConfig(life_span=LIFE_SPAN, run_after=RUN_AFTER, max_bucket=args.max, name=args.name),
+        Executor(),
+    )
+    try:
+        filled = replay(sink, bucket)
+        present = sorted(t.task_id for t in stored if t.task_id in bucket)
+        say(json.dumps({"filled": filled, "present": present, "left": len(sink.read())}))
+    finally:
+        bucket.close(wait=False)
+
+
+def write_loop(args: argparse.Namespace) -> None:
+    sink = JsonlRescueSink(args.jsonl)
+    k = 0
+    while True:
+        batch = [
+            RescuedTask("loop", f"w{k}-{n}", TaskType.IMMEDIATE, task_data(n), 10.0)
+            for n in range(args.count)
+        ]
+        sink.write(batch)
+        say(f"wrote {k}")
+        k += 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=("fill", "replay", "write-loop"))
+    parser.add_argument("--jsonl")
+    parser.add_argument("--redis")
+    parser.add_argument("--key", default="gobucket:rescued")
+    parser.add_argument("--name", default="child")
+    parser.add_argument("--count", type=int, default=500)
+    parser.add_argument("--max", type=int, default=100_000)
+    parser.add_argument("--mid-load", action="store_true")
+    args = parser.parse_args()
+    if not args.jsonl and not args.redis:
+        parser.error("give --jsonl PATH or --redis URL")
+    {"fill": fill, "replay": replay_mode, "write-loop": write_loop}[args.mode](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""End to end: a process holding pending tasks is signalled; every live task lands in the
+rescue sink before it exits, and another process (or this one) replays them all."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gobucket import BucketConfig, Executor, JsonlRescueSink, RedisRescueSink, TaskBucket, TaskType
+from gobucket import replay as replay_sink
+from tests.nodes.rescue_child import LIFE_SPAN, RUN_AFTER, task_data
+from tests.redis_fixture import redis_url  # noqa: F401  (a fixture)
+
+pytestmark = pytest.mark.slow
+
+CHILD = Path(__file__).parent / "nodes" / "rescue_child.py"
+N = 500
+WAIT = 60.0  # generous: a loaded 2-core machine
+
+
+class Child:
+    """A rescue_child.py process whose stdout lines are collected by a reader thread."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self._log = open(log, "wb")  # noqa: SIM115 - closed in finish()
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, str(CHILD), *args], stdout=subprocess.PIPE, stderr=self._log
+        )
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._eof = False
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            with self._cond:
+                self.lines.append(raw.decode().rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[str], bool], timeout: float = WAIT) -> str:
+        """Wait for a stdout line matching ``predicate``; fail if the child ends first."""
+        seen = 0
+        with self._cond:
+            deadline = time.monotonic() + timeout
+            while True:
+                for line in self.lines[seen:]:
+                    if predicate(line):
+                        return line
+                seen = len(self.lines)
+                if self._eof:
+                    pytest.fail(f"child ended without the expected line; stderr:\n{self.stderr()}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    pytest.fail(f"child did not print the expected line in {timeout}s")
+                self._cond.wait(left)
+
+    def finish(self, timeout: float = WAIT) -> int:
+        """Wait for the child to exit (killing it if it does not) and for its last output."""
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(WAIT)
+        self._reader.join(WAIT)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._log.close()
+
+    def stderr(self) -> str:
+        self._log.flush()
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def spawn(tmp_path) -> Iterator[Callable[[list[str]], Child]]:
+    children: list[Child] = []
+
+    def start(args: list[str]) -> Child:
+        child = Child(args, tmp_path / f"child-{len(children)}.stderr")
+        children.append(child)
+        return child
+
+    yield start
+    for child in children:
+        child.kill()
+
+
+def sink_args(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> tuple[list[str], Any]:
+    if kind == "jsonl":
+        path = tmp_path / "rescued.jsonl"
+        return ["--jsonl", str(path)], JsonlRescueSink(path)
+    url = request.getfixturevalue("redis_url")
+    return ["--redis", url, "--key", "e2e:rescued"], RedisRescueSink(url, "e2e:rescued")
+
+
+def check_records(stored: list[Any], expected_ids: set[str]) -> None:
+    ids = [t.task_id for t in stored]
+    assert len(ids) == len(set(ids)), "a task was written twice"
+    missing, extra = expected_ids - set(ids), set(ids) - expected_ids
+    assert not missing and not extra, (sorted(missing)[:10], sorted(extra)[:10])
+    for task in stored:
+        assert task.bucket == "child"
+        assert task.task_type is TaskType.TIME_BOMB
+        assert task.data == task_data(int(task.task_id.split("-")[1]))
+        assert 0 < task.remaining_life <= LIFE_SPAN
+        assert 0 < task.remaining_wait <= RUN_AFTER
+        assert task.remaining_life > task.remaining_wait
+
+
+def replay_here(sink: Any, expected: int) -> None:
+    """Replay into a fresh bucket in this process: all of them, ids matching."""
+    stored = sink.read()
+    bucket = TaskBucket(
+        BucketConfig(name="child", life_span=LIFE_SPAN, run_after=RUN_AFTER, max_bucket=10**6),
+        Executor(),
+    )
+    try:
+        assert replay_sink(sink, bucket) == expected
+        assert len(bucket) == expected
+        assert all(t.task_id in bucket for t in stored)
+        assert sink.read() == []
+    finally:
+        closer = threading.Thread(target=bucket.close, kwargs={"wait": False}, daemon=True)
+        closer.start()
+        closer.join(WAIT)
+        assert not closer.is_alive(), "close() hung"
+
+
+def test_sigterm_writes_every_pending_task_to_jsonl_and_another_process_replays_them(
+    spawn, tmp_path
+):
+    path = tmp_path / "rescued.jsonl"
+    child = spawn(["fill", "--jsonl", str(path), "--count", str(N)])
+    child.wait_for(lambda line: line == "ready")
+    child.proc.send_signal(signal.SIGTERM)
+    assert child.finish() == 128 + signal.SIGTERM, child.stderr()
+    expected = {f"bomb-{i}" for i in range(N)}
+    check_records(JsonlRescueSink(path).read(), expected)
+
+    replayer = spawn(["replay", "--jsonl", str(path), "--name", "child"])
+    result = json.loads(replayer.wait_for(lambda line: line.startswith("{")))
+    assert replayer.finish() == 0, replayer.stderr()
+    assert result == {"filled": N, "present": sorted(expected), "left": 0}
+    assert JsonlRescueSink(path).read() == []
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "redis"])
+def test_sigterm_mid_load_loses_no_acknowledged_task(spawn, tmp_path, request, kind):
+    args, sink = sink_args(kind, tmp_path, request)
+    try:
+        child = spawn(["fill", *args, "--count", str(N), "--mid-load"])
+        child.wait_for(lambda line: line == "ready")
+        child.wait_for(lambda line: line == "acked 300")  # well into the extra fills
+        child.proc.send_signal(signal.SIGTERM)  # while it keeps filling
+        assert child.finish() == 128 + signal.SIGTERM, child.stderr()
+        acked = max(int(line.split()[1]) for line in child.lines if line.startswith("acked"))
+        stored = sink.read()
+        extra = sorted(
+            int(t.task_id.split("-")[1]) for t in stored if t.task_id.startswith("more-")
+        )
+        # Every acknowledged fill is stored; at most the one in flight on top of them.
+        last = extra[-1] if extra else -1
+        assert acked <= last <= acked + 1, (acked, last)
+        check_records(stored, {f"bomb-{i}" for i in range(N)} | {f"more-{j}" for j in extra})
+        assert extra == list(range(last + 1))
+        replay_here(sink, len(stored))
+    finally:
+        if isinstance(sink, RedisRescueSink):
+            sink.close()
+
+
+def test_sigterm_writes_every_pending_task_to_redis_and_they_replay(spawn, tmp_path, request):
+    args, sink = sink_args("redis", tmp_path, request)
+    try:
+        child = spawn(["fill", *args, "--count", str(N)])
+        child.wait_for(lambda line: line == "ready")
+        assert sink.read() == []  # nothing written before the signal
+        child.proc.send_signal(signal.SIGTERM)
+        assert child.finish() == 128 + signal.SIGTERM, child.stderr()
+        check_records(sink.read(), {f"bomb-{i}" for i in range(N)})
+        replay_here(sink, N)
+    finally:
+        sink.close()
+
+
+def test_sigint_rescues_too(spawn, tmp_path):
+    path = tmp_path / "rescued.jsonl"
+    child = spawn(["fill", "--jsonl", str(path), "--count", "50"])
+    child.wait_for(lambda line: line == "ready")
+    child.proc.send_signal(signal.SIGINT)
+    assert child.finish() == 128 + signal.SIGINT, child.stderr()
+    check_records(JsonlRescueSink(path).read(), {f"bomb-{i}" for i in range(50)})
