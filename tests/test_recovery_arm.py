@@ -173,17 +173,20 @@ def test_signal_handler_rescues_then_runs_the_previous_handler(make_armed):
 
 def test_sigint_rescues_then_raises_keyboard_interrupt(make_armed):
     armed = make_armed()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    restore = install_signal_handlers(armed.bucket, exit=False)
+    original = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's default
     try:
-        ids = armed.fill(3)
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-            threading.Event().wait(WAIT)  # interrupted by the handler's KeyboardInterrupt
-        assert armed.stored() == sorted(ids)
+        restore = install_signal_handlers(armed.bucket, exit=False)
+        try:
+            ids = armed.fill(3)
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                threading.Event().wait(WAIT)  # interrupted by the handler's KeyboardInterrupt
+            assert armed.stored() == sorted(ids)
+        finally:
+            restore()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
-        restore()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGINT, original)
 
 
 def test_install_signal_handlers_covers_sigterm_and_sigint_by_default(make_armed):

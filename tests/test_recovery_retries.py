@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
+import pykka
 import pytest
 from conftest import WAIT, RecordingExecutor
 
@@ -184,10 +186,8 @@ def test_exhaustion_during_a_retry_wait_ends_the_task_with_on_task_exhausted(rec
         due, target, message = held[0]
         assert due < ctx.deadline  # it was a retry inside the life span
         # Deliver the late retry now: the ended task must not run on_execute again.
-        try:
+        with contextlib.suppress(pykka.ActorDeadError):  # its actor may be gone already
             target.ask(message, timeout=WAIT)  # type: ignore[attr-defined]
-        except Exception as error:  # the task's actor is gone: equally fine
-            assert type(error).__name__ == "ActorDeadError", error
         assert ctx.attempt == 1
         assert work.attempts() == [1]
         assert ctx.cancelled

@@ -214,6 +214,8 @@ def test_jsonl_survives_a_process_killed_in_the_middle_of_writing(tmp_path):
         stderr=subprocess.DEVNULL,
     )
     acked = -1
+    watchdog = threading.Timer(WAIT, proc.kill)  # bounds the blocking reads below
+    watchdog.start()
     try:
         assert proc.stdout is not None
         for line in proc.stdout:  # ends at EOF if the child dies early
@@ -226,6 +228,7 @@ def test_jsonl_survives_a_process_killed_in_the_middle_of_writing(tmp_path):
         for line in proc.stdout:  # batches acknowledged before the kill
             acked = max(acked, int(line.split()[1]))
     finally:
+        watchdog.cancel()
         if proc.poll() is None:
             proc.kill()
         proc.wait(WAIT)

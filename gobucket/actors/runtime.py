@@ -146,7 +146,9 @@ class Mailbox:
         That happens when a signal handler interrupts the main thread in the
         middle of an inline delivery; waiting for the actor would deadlock.
         """
-        return self._owner == _get_ident() and self._run.locked()
+        if not self._run.locked():
+            return False
+        return self._owner == _get_ident() or getattr(_local, "claim", None) is self
 
     # pykka's ActorInbox protocol -------------------------------------------------
     def put(self, envelope: Envelope[Any], /) -> None:
@@ -156,7 +158,11 @@ class Mailbox:
         own thread: the messages already queued, then its own.
         """
         self._items.append(envelope)
+        # "claim" covers the instant between taking the run lock and recording
+        # the owner, in case a signal handler runs right there.
+        _local.claim = self
         if not self._run.acquire(False):
+            _local.claim = None
             return  # whoever runs the actor will find the message
         if (envelope.reply_to is not None or _runtime_thread()) and _depth() < MAX_INLINE_DEPTH:
             self._run_here(None)
@@ -164,6 +170,7 @@ class Mailbox:
             actor = self._actor
             assert actor is not None
             actor.runtime.schedule(self)
+            _local.claim = None
 
     def get(self) -> Envelope[Any]:
         """Take the oldest queued message (raises IndexError when there is none)."""
@@ -183,7 +190,7 @@ class Mailbox:
         the actor is busy on another thread (or, with ``idle_only``, has
         anything queued) nothing happens and ``(False, None)`` is returned.
         """
-        if self._owner == _get_ident() and self._run.locked():
+        if self.held_by_current_thread():
             if getattr(message, "reentrant", False):
                 # A signal handler interrupted this thread inside the actor: a
                 # message that only reads (or only sends) may still be handled.
@@ -193,7 +200,9 @@ class Mailbox:
             return False, None
         if _depth() >= MAX_INLINE_DEPTH or (idle_only and self._items):
             return False, None
+        _local.claim = self
         if not self._run.acquire(False):
+            _local.claim = None
             return False, None
         return True, self._run_here(message)
 
@@ -202,6 +211,7 @@ class Mailbox:
         actor = self._actor
         assert actor is not None
         self._owner = _get_ident()
+        _local.claim = None
         _local.depth = _depth() + 1
         items = self._items
         try:
@@ -223,16 +233,20 @@ class Mailbox:
         items = self._items
         run = self._run
         while True:
+            _local.claim = self  # until the lock is released and not re-taken
             self._owner = 0
             run.release()
             if not items or not run.acquire(False):
+                _local.claim = None
                 return
             # Something arrived while we were letting go, and the actor is ours again.
             if rounds <= 0:
                 actor.runtime.schedule(self)
+                _local.claim = None
                 return
             rounds -= 1
             self._owner = _get_ident()
+            _local.claim = None
             try:
                 batch = len(items)
                 while batch > 0 and items:

@@ -14,6 +14,14 @@ Modes (the first argument):
     Reads the sink, replays it into a fresh bucket (``--name``, ``--max``) and prints one
     JSON line: ``{"filled": n, "present": [ids now in the bucket], "left": n_in_sink}``.
 
+``signal-in-fill``
+    Like ``fill`` (without ``--mid-load``), then fills one more task, ``in-flight``, and
+    makes SIGTERM arrive at a chosen point inside that fill: right after the fill took its
+    bucket's mailbox on this thread and before it ran the bucket there (a trace function
+    sends the signal; its handler runs at once). A signal from outside lands there now and
+    then on a busy process; this makes it land there every time. Prints ``no-trigger`` and
+    exits 0 if the library's code no longer has that point.
+
 ``write-loop``
     Appends batches of ``--count`` records to ``--jsonl PATH`` forever, printing
     ``wrote <k>`` after each batch is durable (for a crash-mid-write test: SIGKILL it).
@@ -93,6 +101,46 @@ def fill(args: argparse.Namespace) -> None:
         signal.pause()
 
 
+def signal_in_fill(args: argparse.Namespace) -> None:
+    import linecache
+
+    from gobucket.actors import runtime
+
+    bucket = TaskBucket(
+        BucketConfig(life_span=LIFE_SPAN, run_after=RUN_AFTER, name=args.name),
+        PanicCounter(),
+        rescue_sink=make_sink(args),
+    )
+    install_signal_handlers(bucket)
+    for i in range(args.count):
+        bucket.fill(TaskType.TIME_BOMB, f"bomb-{i}", task_data(i))
+    say("ready")
+    target = runtime.Mailbox.call.__code__
+    fired = False
+
+    def in_call(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal fired
+        if event == "line" and not fired:
+            source = linecache.getline(target.co_filename, frame.f_lineno)
+            if "_run_here(" in source:  # the run lock is ours; the actor not yet entered
+                fired = True
+                sys.settrace(None)
+                os.kill(os.getpid(), signal.SIGTERM)
+        return None if fired else in_call
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        if fired:
+            return None
+        return in_call if frame.f_code is target else None
+
+    sys.settrace(tracer)
+    try:
+        bucket.fill(TaskType.TIME_BOMB, "in-flight", task_data(-1))
+    finally:
+        sys.settrace(None)
+    say("no-trigger" if not fired else "survived the signal")
+
+
 def replay_mode(args: argparse.Namespace) -> None:
     sink = make_sink(args)
     stored = sink.read()
@@ -123,7 +171,7 @@ def write_loop(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=("fill", "replay", "write-loop"))
+    parser.add_argument("mode", choices=("fill", "signal-in-fill", "replay", "write-loop"))
     parser.add_argument("--jsonl")
     parser.add_argument("--redis")
     parser.add_argument("--key", default="gobucket:rescued")
@@ -134,7 +182,13 @@ def main() -> None:
     args = parser.parse_args()
     if not args.jsonl and not args.redis:
         parser.error("give --jsonl PATH or --redis URL")
-    {"fill": fill, "replay": replay_mode, "write-loop": write_loop}[args.mode](args)
+    modes = {
+        "fill": fill,
+        "signal-in-fill": signal_in_fill,
+        "replay": replay_mode,
+        "write-loop": write_loop,
+    }
+    modes[args.mode](args)
 
 
 if __name__ == "__main__":
