@@ -26,6 +26,7 @@ from gobucket.actors.group import (
     StopGroup,
 )
 from gobucket.actors.runtime import ActorRuntime, call, default_runtime
+from gobucket.actors.supervisor import Supervise, Unsupervise
 from gobucket.bucket import TaskBucket
 from gobucket.config import Duration, TaskType
 from gobucket.discovery.base import PeerEvent, PeerSource, PeerUp
@@ -138,6 +139,9 @@ class TaskBucketGroup:
         self.on_peer_schedule_failed: ScheduleFailed | None = None
         self._network = NetworkNode(self._identity, self._secret, self, host, port, max_frame)
         self._ref: pykka.ActorRef[GroupActor] | None = None
+        self._key = f"group:{self.node_id}"
+        self._known: dict[tuple[str, int], PeerUp] = {}
+        self._failure: BaseException | None = None
         self._started = False
         self._stopped = threading.Event()
         self._lock = threading.Lock()
@@ -156,17 +160,36 @@ class TaskBucketGroup:
                 return self
             self._started = True
         self._network.start()
-        self._ref = GroupActor.start_on(
+        self._ref = self._spawn_group()
+        call(
+            self._runtime.supervisor,
+            Supervise(self._key, self._spawn_group, self._group_restarted, self._group_gave_up),
+        )
+        for source in self._sources:
+            source.start(self._on_peer_event)
+        return self
+
+    def _spawn_group(self) -> pykka.ActorRef[GroupActor]:
+        return GroupActor.start_on(
             self._runtime,
             self.node_id,
             self._buckets,
             self._network,
             self.ping_interval,
             lambda: self.on_peer_schedule_failed,
+            self._key,
         )
-        for source in self._sources:
-            source.start(self._on_peer_event)
-        return self
+
+    def _group_restarted(self, fresh: pykka.ActorRef[Any], _panics: list[Any]) -> None:
+        # A fresh GroupActor: tell it every peer the sources reported so far.
+        self._ref = fresh
+        for event in list(self._known.values()):
+            with contextlib.suppress(pykka.ActorDeadError):
+                fresh.tell(Discovered(event))
+
+    def _group_gave_up(self, error: BaseException, _panics: list[Any]) -> None:
+        logger.error("group %r stopped routing after repeated failures: %r", self.cluster, error)
+        self._failure = error
 
     def serve_forever(self) -> None:
         """Start (if needed) and block until :meth:`stop` is called (like Go's StartWork)."""
@@ -192,6 +215,7 @@ class TaskBucketGroup:
             except Exception:
                 logger.exception("stopping peer source %r failed", source)
         if self._ref is not None:
+            call(self._runtime.supervisor, Unsupervise(self._key))
             with contextlib.suppress(pykka.ActorDeadError):
                 call(self._ref, StopGroup())
         self._network.stop()
@@ -345,6 +369,11 @@ class TaskBucketGroup:
             "run_after": message.run_after,
             "life_span": message.life_span,
         }
+        if self._failure is not None:
+            raise NoPeerAvailableError(
+                f"task buffer exceeded: bucket {bucket!r} is full and overflow routing "
+                f"stopped after repeated failures ({self._failure!r})"
+            )
         if self._stopped.is_set() or not self._ref.is_alive():
             raise NoPeerAvailableError(
                 f"task buffer exceeded: bucket {bucket!r} is full and the group is stopped"
@@ -367,6 +396,12 @@ class TaskBucketGroup:
         if isinstance(event, PeerUp) and event.source != "static" and event.cluster == self.cluster:
             # A node that announced our cluster may connect (no-secret allow list).
             self._allowed.add(event.address[0])
+        if isinstance(event, PeerUp):
+            self._known[event.address] = event
+        elif self._known.get(event.address) is not None and (
+            self._known[event.address].source == event.source
+        ):
+            del self._known[event.address]
         if self._ref is not None:
             with contextlib.suppress(pykka.ActorDeadError):
                 self._ref.tell(Discovered(event))

@@ -10,8 +10,10 @@ So every task ends up in exactly one place, or is reported failed.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +38,8 @@ from gobucket.wire.frames import FrameDecoder, FrameError
 from gobucket.wire.protocol import RefusalCode
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
     from gobucket.bucket import TaskBucket
     from gobucket.wire.connection import PeerHello
     from gobucket.wire.node import NetworkNode
@@ -181,8 +185,10 @@ class GroupActor(RuntimeActor):
         network: NetworkNode,
         ping_interval: float,
         on_failed: Callable[[], ScheduleFailed | None],
+        supervisor_key: str | None = None,
     ) -> None:
         super().__init__()
+        self.supervisor_key = supervisor_key
         self.node_id = node_id
         self.buckets = buckets
         self.network = network
@@ -193,6 +199,30 @@ class GroupActor(RuntimeActor):
         self._route_ids = itertools.count(1)
         self._decoder = FrameDecoder(network.max_frame)
         self._stopped = False
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Fail the routes in flight, drop our links, and tell the root supervisor."""
+        routes, self.routes = self.routes, {}
+        for route in routes.values():
+            error = PeerLostTaskError(
+                f"the group actor failed while task {route.task_id!r} was being placed; "
+                "it may or may not have reached a peer"
+            )
+            with contextlib.suppress(queue.Full):
+                route.reply.set_exception((type(error), error, None))
+        for peer in self.peers.values():
+            peer.ref.stop()
+        if self.supervisor_key is not None:
+            from gobucket.actors.supervisor import ChildFailed
+
+            tell_quietly(
+                self.runtime.supervisor, ChildFailed(self.supervisor_key, exception_value, [])
+            )
 
     def on_receive(self, message: Any) -> Any:
         """Dispatch group messages."""
