@@ -57,6 +57,11 @@ class TaskContext:
         self._event: threading.Event | None = None
 
     @property
+    def id(self) -> str:
+        """The task's id (same as :attr:`task_id`)."""
+        return self.task_id
+
+    @property
     def cancelled(self) -> bool:
         """True once the task was exhausted, drained or rescued."""
         return self._cancelled

@@ -106,6 +106,9 @@ class TaskBucketGroup:
                 raise InvalidArgumentError(f"bucket {name!r} is not a TaskBucket")
         if isinstance(peers, str):
             raise InvalidArgumentError("peers must be a list of 'host:port' strings")
+        if isinstance(interfaces, str):
+            raise InvalidArgumentError("interfaces must be a list of IPv4 addresses")
+        interfaces = list(interfaces) if interfaces is not None else None
         if not isinstance(port, int) or not 0 <= port < 65536:
             raise InvalidArgumentError(f"port must be 0..65535, got {port!r}")
         if not ping_interval > 0:
@@ -125,6 +128,7 @@ class TaskBucketGroup:
         self._secret = secret.encode() if isinstance(secret, str) else secret
         self._runtime = runtime or default_runtime()
         self._sources: list[PeerSource] = [static, *sources]
+        self._loopback_discovery = any(str(a).startswith("127.") for a in (interfaces or ()))
         if discovery:
             from gobucket.discovery.mdns import MdnsDiscovery
 
@@ -312,8 +316,12 @@ class TaskBucketGroup:
         run_after: Duration | None = None,
         life_span: Duration | None = None,
         timeout: float | None = None,
-    ) -> Placement:
+        block: bool = True,
+    ) -> Any:
         """Fill locally, or on the peer with most room; wait for its acknowledgement.
+
+        With ``block=False`` a pykka future of the :class:`Placement` is returned
+        instead (the same as :meth:`fill_async`).
 
         Raises:
             NoPeerAvailableError: the local bucket is full and no peer took the task.
@@ -323,6 +331,8 @@ class TaskBucketGroup:
         future = self.fill_async(
             bucket, id, data, task_type=task_type, run_after=run_after, life_span=life_span
         )
+        if not block:
+            return future
         placement: Placement = future.get(timeout=timeout)
         return placement
 
@@ -393,8 +403,15 @@ class TaskBucketGroup:
         return Identity(self.cluster, self.node_id, self.address[1], tuple(self._buckets))
 
     def _on_peer_event(self, event: PeerEvent) -> None:
-        if isinstance(event, PeerUp) and event.source != "static" and event.cluster == self.cluster:
+        if (
+            isinstance(event, PeerUp)
+            and event.source != "static"
+            and event.cluster == self.cluster
+            and (not event.address[0].startswith("127.") or self._loopback_discovery)
+        ):
             # A node that announced our cluster may connect (no-secret allow list).
+            # A loopback address announced on a LAN is meaningless: only trusted
+            # when this node itself runs discovery on loopback.
             self._allowed.add(event.address[0])
         if isinstance(event, PeerUp):
             self._known[event.address] = event
