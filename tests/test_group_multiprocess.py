@@ -164,6 +164,9 @@ def test_peer_killed_mid_burst_every_task_is_accounted_for(
         wait_until(lambda: acked() >= 200, what="200 fills acknowledged by the peer")
         killed_at = time.monotonic()
         child.signal(signal.SIGKILL)
+        # kill() returns before the child is gone (it may still ack a frame on the
+        # other core): "after the kill" starts once it has really exited.
+        child.proc.wait(WAIT)
         killed.set()
         wait_until(
             lambda: (i := peer_info(group, child.address)) is not None and not i.up,

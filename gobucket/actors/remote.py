@@ -135,9 +135,16 @@ class RemoteGroupRef:
     def _flush_outbox(self) -> None:
         self._flush_scheduled = False  # before draining: a later request schedules anew
         outbox = self._outbox
-        while outbox:
-            message, callback = outbox.popleft()
-            self._send_request(message, callback)
+        conn = self._conn
+        if conn is not None:
+            conn.cork()  # the whole batch goes out in one write
+        try:
+            while outbox:
+                message, callback = outbox.popleft()
+                self._send_request(message, callback)
+        finally:
+            if conn is not None:
+                conn.uncork()
 
     def _send_oneway(self, message: dict[str, Any]) -> None:
         conn = self._conn

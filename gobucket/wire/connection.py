@@ -73,6 +73,7 @@ class Connection:
         self.peer_host: str = peer[0] if peer else ""
         self.peer_port: int = peer[1] if peer else 0
         self.closed = False
+        self._corked: list[bytes] | None = None
 
     async def read(self, timeout: float | None = None) -> dict[str, Any]:
         """The next valid message; raises ConnectionError at EOF, FrameError/ProtocolError."""
@@ -89,10 +90,29 @@ class Connection:
         return message
 
     def send(self, message: dict[str, Any]) -> None:
-        """Queue a message for writing (call :meth:`flush` to wait for the socket)."""
+        """Queue a message for writing (call :meth:`flush` to wait for the socket).
+
+        While :meth:`cork` is in effect frames are gathered and written together
+        by :meth:`uncork` — one system call for a whole batch of pipelined frames.
+        """
         if self.closed:
             raise ConnectionError("connection is closed")
-        self.writer.write(encode_frame(message, self.max_frame))
+        frame = encode_frame(message, self.max_frame)
+        if self._corked is not None:
+            self._corked.append(frame)
+        else:
+            self.writer.write(frame)
+
+    def cork(self) -> None:
+        """Gather further frames instead of writing each at once."""
+        if self._corked is None:
+            self._corked = []
+
+    def uncork(self) -> None:
+        """Write every gathered frame in one go."""
+        frames, self._corked = self._corked, None
+        if frames and not self.closed:
+            self.writer.write(b"".join(frames))
 
     async def flush(self) -> None:
         """Wait until the kernel took what was queued (back-pressure)."""
@@ -100,6 +120,7 @@ class Connection:
 
     def fail(self, code: str, text: str) -> None:
         """Send an ERROR frame (best effort) and close."""
+        self.uncork()  # replies already made go out before the error
         if not self.closed:
             with contextlib.suppress(Exception):
                 self.writer.write(encode_frame({"t": "error", "code": code, "msg": text[:200]}))
@@ -109,6 +130,7 @@ class Connection:
         """Close the socket (idempotent)."""
         if self.closed:
             return
+        self.uncork()  # frames gathered so far are still sent (close flushes them)
         self.closed = True
         with contextlib.suppress(Exception):
             self.writer.close()

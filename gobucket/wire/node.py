@@ -162,6 +162,7 @@ class NetworkNode:
             except (ConnectionError, OSError):
                 return
             kind = message["t"]
+            conn.cork()  # replies to a batch of pipelined requests go out together
             if kind == MessageType.FILL:
                 ok, code, text = handler.serve_fill(peer, message)
                 reply: dict[str, Any] = {"t": "ack", "rid": message["rid"], "ok": ok}
@@ -178,6 +179,7 @@ class NetworkNode:
                 conn.fail("unexpected", f"{kind!r} is not expected from a client")
                 return
             if not conn._ready:
+                conn.uncork()
                 try:
                     await conn.flush()
                 except (ConnectionError, OSError):
