@@ -3,14 +3,15 @@
 Every pending task holds up to two timers (its ``run_after`` and its life
 span), so timers must be cheap to add and to cancel. The timer thread alone
 owns the wheel (a dict from slot to the set of its timers, and a heap holding
-each non-empty slot once); ``schedule`` and ``cancel`` only drop a request in
-a :class:`queue.SimpleQueue`, which is also what wakes the thread. No Python
-lock is taken on the caller's side, so a signal handler that interrupts a
-caller can never deadlock against the timer thread.
+each non-empty slot once); ``schedule`` and ``cancel`` only append a request
+to a deque, and wake the thread only when it must. No Python lock is taken on
+the caller's side, so a signal handler that interrupts a caller can never
+deadlock against the timer thread.
 """
 
 from __future__ import annotations
 
+import collections
 import heapq
 import logging
 import math
@@ -42,13 +43,20 @@ class Timer:
 
 
 _STOP: Any = object()
+_BATCH = 4096
+"""Requests that may wait in the deque before the timer thread is woken for them."""
 
 
 class TimerService:
     """Delivers a message to an actor at a monotonic time, from one thread."""
 
     def __init__(self, name: str = "gobucket-timer") -> None:
-        self._requests: queue.SimpleQueue[Timer] = queue.SimpleQueue()
+        # Requests land in a deque (append and popleft are atomic); the thread is
+        # woken through a SimpleQueue only when a request is due before the time
+        # it sleeps until, or when requests pile up: not once per timer.
+        self._incoming: collections.deque[Timer] = collections.deque()
+        self._wake: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._wake_slot: float = math.inf
         self._slots: dict[int, set[Timer]] = {}
         self._heap: list[int] = []
         self._count = 0
@@ -61,8 +69,12 @@ class TimerService:
 
     def schedule(self, due: float, target: pykka.ActorRef[Any], message: Any) -> Timer:
         """Tell ``message`` to ``target`` at ``due`` (a ``time.monotonic()`` value)."""
-        timer = Timer(math.ceil(due / RESOLUTION), target, message)
-        self._requests.put(timer)
+        slot = math.ceil(due / RESOLUTION)
+        timer = Timer(slot, target, message)
+        incoming = self._incoming
+        incoming.append(timer)
+        if slot < self._wake_slot or len(incoming) > _BATCH:
+            self._wake.put(None)
         return timer
 
     def cancel(self, timer: Timer | None) -> None:
@@ -70,11 +82,14 @@ class TimerService:
         if timer is None or timer.cancelled:
             return
         timer.cancelled = True
-        self._requests.put(timer)  # so that the thread frees its slot entry now
+        incoming = self._incoming
+        incoming.append(timer)  # so that the thread frees its slot entry
+        if len(incoming) > _BATCH:
+            self._wake.put(None)
 
     def stop(self) -> None:
         """Stop the thread; timers not yet due never fire."""
-        self._requests.put(_STOP)
+        self._wake.put(_STOP)
         if threading.current_thread() is not self._thread:
             self._thread.join(5.0)
 
@@ -97,29 +112,30 @@ class TimerService:
         from gobucket.actors.runtime import mark_runtime_thread, tell_quietly
 
         mark_runtime_thread()
-        requests = self._requests
+        incoming = self._incoming
+        wake = self._wake
         heap = self._heap
         slots = self._slots
         monotonic = time.monotonic
         take = self._take
         while True:
-            # Sleep until the next slot is due or a request arrives.
-            timeout = None
-            if heap:
-                timeout = max(0.0, heap[0] * RESOLUTION - monotonic())
+            # Publish when we mean to wake up *before* taking requests in: a
+            # request for an earlier time arriving after this wakes us.
+            self._wake_slot = heap[0] if heap else math.inf
+            while incoming:
+                take(incoming.popleft())
+            if heap and heap[0] < self._wake_slot:
+                continue  # an earlier timer was just taken in: recompute
+            timeout = None if not heap else max(0.0, heap[0] * RESOLUTION - monotonic())
             try:
-                request = requests.get(timeout=timeout)
+                token = wake.get(timeout=timeout)
             except queue.Empty:
-                pass
-            else:
-                while True:
-                    if request is _STOP:
-                        return
-                    take(request)
-                    try:
-                        request = requests.get_nowait()
-                    except queue.Empty:
-                        break
+                token = None
+            if token is _STOP:
+                return
+            self._wake_slot = -math.inf  # taking in and firing: no need to wake us
+            while incoming:
+                take(incoming.popleft())
             now_slot = monotonic() / RESOLUTION
             due: list[Timer] = []
             while heap and heap[0] <= now_slot:
