@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -16,7 +15,7 @@ from gobucket.actors.bucket import BucketActor, BucketStats
 from gobucket.actors.runtime import ActorRuntime, call, default_runtime
 from gobucket.actors.supervisor import Supervise, Unsupervise
 from gobucket.config import BucketConfig, Duration, TaskType, to_seconds
-from gobucket.errors import BucketClosedError, InvalidArgumentError
+from gobucket.errors import BucketClosedError, InvalidArgumentError, TaskNotFoundError
 from gobucket.executors.base import Executor, HookTable
 from gobucket.recovery.record import RescuedTask
 from gobucket.recovery.sinks import RescueSink
@@ -85,6 +84,7 @@ class TaskBucket:
         self._hooks = hooks
         self._key = f"bucket:{config.name}:{id(self):x}"
         self._failure: BaseException | None = None
+        self._swapped = threading.Condition()  # notified when the supervisor swaps the actor
         self._ref: pykka.ActorRef[BucketActor] = self._spawn()
         call(
             self._runtime.supervisor,
@@ -100,12 +100,16 @@ class TaskBucket:
         return BucketActor.start_on(self._runtime, self._config, self._hooks, self._key)
 
     def _restarted(self, fresh: pykka.ActorRef[Any], panics: list[pykka.Future[Any]]) -> None:
-        self._ref = fresh
+        with self._swapped:
+            self._ref = fresh
+            self._swapped.notify_all()
         self._after_crash(panics)
 
     def _gave_up(self, error: BaseException, panics: list[pykka.Future[Any]]) -> None:
-        self._failure = error
-        self._closed = True
+        with self._swapped:
+            self._failure = error
+            self._closed = True
+            self._swapped.notify_all()
         self._after_crash(panics)
 
     def _after_crash(self, panics: list[pykka.Future[Any]]) -> None:
@@ -232,7 +236,11 @@ class TaskBucket:
             TaskNotFoundError: no live task has this id, or it is already ending.
         """
         validate_task_id(id)
-        self._ask(m.DrainTask(id))
+        try:
+            self._ask(m.DrainTask(id))
+        except pykka.ActorDeadError:
+            # The task's own actor stopped with our drain still queued: it ended.
+            raise TaskNotFoundError(id, "is already ending") from None
 
     def rescue(self, timeout: float | None = None) -> int:
         """Run ``on_panic`` for every live task; return how many were rescued.
@@ -294,7 +302,9 @@ class TaskBucket:
         with self._close_lock:
             if self._closed:
                 return 0
-            self._closed = True
+            with self._swapped:
+                self._closed = True
+                self._swapped.notify_all()
         try:
             self._ref.ask(m.CloseBucket())
         except pykka.ActorDeadError:
@@ -338,20 +348,28 @@ class TaskBucket:
         return f"<TaskBucket {self.name!r} {state} max={self._config.max_bucket}>"
 
     def _ask(self, message: Any) -> Any:
-        deadline = time.monotonic() + 5.0
         while True:
             ref = self._ref
             try:
                 return call(ref, message)
             except pykka.ActorDeadError:
-                if self._failure is not None:
-                    raise BucketClosedError(
-                        f"bucket {self.name!r} was stopped after repeated failures of its "
-                        f"actor (last: {self._failure!r})"
-                    ) from None
-                if self._closed and self._ref is ref:
-                    raise BucketClosedError(f"bucket {self.name!r} is closed") from None
-                if self._ref is ref:
-                    if time.monotonic() > deadline:
-                        raise BucketClosedError(f"bucket {self.name!r} is not running") from None
-                    time.sleep(0.01)  # the supervisor is restarting it: wait for the swap
+                if ref.is_alive():
+                    raise  # another actor (not the bucket's) was gone: not ours to handle
+                self._await_restart(ref)
+
+    def _await_restart(self, dead: pykka.ActorRef[Any]) -> None:
+        """The actor died under us: return once the supervisor replaced it, or raise."""
+        with self._swapped:
+            self._swapped.wait_for(
+                lambda: self._ref is not dead or self._failure is not None or self._closed,
+                timeout=5.0,
+            )
+        if self._failure is not None:
+            raise BucketClosedError(
+                f"bucket {self.name!r} was stopped after repeated failures of its "
+                f"actor (last: {self._failure!r})"
+            ) from None
+        if self._ref is dead:
+            if self._closed:
+                raise BucketClosedError(f"bucket {self.name!r} is closed") from None
+            raise BucketClosedError(f"bucket {self.name!r} is not running") from None

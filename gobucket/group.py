@@ -250,15 +250,14 @@ class TaskBucketGroup:
                 if not isinstance(record, RescuedTask):
                     continue  # running or ending: it finishes here
                 wait = record.remaining_wait
-                wire = {
-                    "t": "fill",
-                    "bucket": name,
-                    "id": record.task_id,
-                    "data": pack(record.data),
-                    "type": (TaskType.TIME_BOMB if wait > 0 else TaskType.IMMEDIATE).value,
-                    "run_after": wait,
-                    "life_span": max(record.remaining_life, wait + 0.001),
-                }
+                wire = fill_frame(
+                    name,
+                    record.task_id,
+                    pack(record.data),
+                    TaskType.TIME_BOMB if wait > 0 else TaskType.IMMEDIATE,
+                    wait,
+                    max(record.remaining_life, wait + 0.001),
+                )
                 routes.append(
                     (ref, record, self._ref.ask(RouteFill(name, record.task_id, wire), block=False))
                 )
@@ -370,15 +369,9 @@ class TaskBucketGroup:
             pass
         if self._ref is None:
             raise GoBucketError("start() the group before filling it")
-        wire = {
-            "t": "fill",
-            "bucket": bucket,
-            "id": id,
-            "data": packed,
-            "type": message.task_type.value,
-            "run_after": message.run_after,
-            "life_span": message.life_span,
-        }
+        wire = fill_frame(
+            bucket, id, packed, message.task_type, message.run_after, message.life_span
+        )
         if self._failure is not None:
             raise NoPeerAvailableError(
                 f"task buffer exceeded: bucket {bucket!r} is full and overflow routing "
@@ -447,6 +440,26 @@ class TaskBucketGroup:
     def allow_address(self, host: str) -> None:
         """Add a host to the allow list (used by discovery for same-cluster nodes)."""
         self._allowed.update(_resolve(host))
+
+
+def fill_frame(
+    bucket: str,
+    task_id: str,
+    packed_data: bytes,
+    task_type: TaskType,
+    run_after: float,
+    life_span: float,
+) -> dict[str, Any]:
+    """The FILL message asking a peer to take a task (``rid`` is added when sent)."""
+    return {
+        "t": "fill",
+        "bucket": bucket,
+        "id": task_id,
+        "data": packed_data,
+        "type": task_type.value,
+        "run_after": run_after,
+        "life_span": life_span,
+    }
 
 
 def _strip_v4_mapped(host: str) -> str:

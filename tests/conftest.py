@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from group_helpers import Cluster
 
 from gobucket import BucketConfig, Executor, TaskBucket
 
@@ -121,13 +122,29 @@ def make_bucket() -> Iterator[Callable[..., TaskBucket]]:
         return bucket
 
     yield make
+    close_all(buckets, timeout=2.0)
+
+
+def close_all(buckets: list[TaskBucket], wait_for: float = 20.0, **close: Any) -> None:
+    """Close every bucket (``close(**close)``) on a daemon thread.
+
+    A library bug that hangs close() must fail the test, not hang the session.
+    """
     hung = []
     for bucket in buckets:
-        # close() on a daemon thread: a library bug that hangs it must fail the test,
-        # not hang the session.
-        closer = threading.Thread(target=bucket.close, kwargs={"timeout": 2.0}, daemon=True)
+        closer = threading.Thread(target=bucket.close, kwargs=close, daemon=True)
         closer.start()
-        closer.join(20.0)
+        closer.join(wait_for)
         if closer.is_alive():
             hung.append(bucket)
     assert not hung, f"close() hung for {hung}"
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    """Groups and buckets built for one test, all stopped and closed after it."""
+    built = Cluster()
+    try:
+        yield built
+    finally:
+        built.close()

@@ -43,15 +43,6 @@ from gobucket import (
 )
 
 
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    built = Cluster()
-    try:
-        yield built
-    finally:
-        built.close()
-
-
 class Pair:
     """Node A (local bucket full) overflowing to node B."""
 

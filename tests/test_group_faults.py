@@ -36,15 +36,6 @@ from gobucket.wire.frames import encode_frame
 
 
 @pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    built = Cluster()
-    try:
-        yield built
-    finally:
-        built.close()
-
-
-@pytest.fixture
 def fakes() -> Iterator[list[FakePeer]]:
     made: list[FakePeer] = []
     try:

@@ -40,15 +40,6 @@ PING = 0.2
 
 
 @pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    built = Cluster()
-    try:
-        yield built
-    finally:
-        built.close()
-
-
-@pytest.fixture
 def spawn() -> Iterator[Callable[..., ChildNode]]:
     children: list[ChildNode] = []
 

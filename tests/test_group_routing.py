@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,15 +25,6 @@ from gobucket import (
     Placement,
     TaskBucket,
 )
-
-
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    built = Cluster()
-    try:
-        yield built
-    finally:
-        built.close()
 
 
 class Trio:

@@ -10,7 +10,6 @@ import logging
 import socket
 import struct
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -55,15 +54,6 @@ class Served:
         assert placement.node == self.server.node_id
         assert task_id in self.server_bucket
         return placement
-
-
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    built = Cluster()
-    try:
-        yield built
-    finally:
-        built.close()
 
 
 @pytest.fixture

@@ -171,7 +171,10 @@ class BucketActor(RuntimeActor):
         ref = self.tasks.get(task_id)
         if ref is None:
             raise TaskNotFoundError(task_id)
-        ran, drained = ref.actor_inbox.call(m.DRAIN)  # type: ignore[attr-defined]
+        try:
+            ran, drained = ref.actor_inbox.call(m.DRAIN)  # type: ignore[attr-defined]
+        except pykka.ActorDeadError:
+            raise TaskNotFoundError(task_id, "is already ending") from None
         if ran:
             if not drained:
                 raise TaskNotFoundError(task_id, "is already ending")

@@ -153,7 +153,6 @@ class ServeFill:
 
     peer: str
     message: dict[str, Any]
-    reentrant = False
 
 
 @dataclass(frozen=True, slots=True)

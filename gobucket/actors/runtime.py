@@ -30,7 +30,6 @@ import logging
 import queue
 import sys
 import threading
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import pykka
@@ -594,6 +593,3 @@ def tell_quietly(ref: pykka.ActorRef[Any], message: Any) -> bool:
     except pykka.ActorDeadError:
         return False
     return True
-
-
-Callback = Callable[..., None]

@@ -11,13 +11,12 @@ from typing import Any
 
 import pykka
 
-from gobucket.actors.messages import END_OK, EXECUTED_OK, HookDone, HookKind
+from gobucket.actors.messages import HookKind
+from gobucket.executors.base import never_started, report
 
 __all__ = ["AsyncHookRunner"]
 
 logger = logging.getLogger("gobucket.executors")
-
-_OK = {HookKind.EXECUTE: EXECUTED_OK, HookKind.END: END_OK}
 
 
 class AsyncHookRunner:
@@ -63,25 +62,14 @@ async def _call(
     reply_to: pykka.ActorRef[Any],
     kind: HookKind,
 ) -> None:
-    if kind is HookKind.EXECUTE and args and getattr(args[0], "cancelled", False):
-        return  # drained, exhausted or rescued before it started: never start it
+    if never_started(kind, args):
+        return
     try:
         await fn(*args)
     except asyncio.CancelledError as error:
-        message = HookDone(kind, error)
-        _report(reply_to, message)
+        report(reply_to, kind, error)
         raise
     except BaseException as error:
-        message = HookDone(kind, error)
+        report(reply_to, kind, error)
     else:
-        message = _OK[kind]
-    _report(reply_to, message)
-
-
-def _report(reply_to: pykka.ActorRef[Any], message: HookDone) -> None:
-    try:
-        reply_to.tell(message)
-    except pykka.ActorDeadError:
-        pass
-    except Exception:
-        logger.exception("could not report a hook result to %s", reply_to)
+        report(reply_to, kind, None)

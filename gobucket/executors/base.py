@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-if TYPE_CHECKING:
-    import pykka
+import pykka
 
-    from gobucket.actors.messages import HookKind
+from gobucket.actors.messages import HookKind
+
+if TYPE_CHECKING:
     from gobucket.context import TaskContext
 
-__all__ = ["Executor", "FunctionExecutor", "HookRunner", "HookTable", "RunHandle"]
+__all__ = [
+    "Executor",
+    "FunctionExecutor",
+    "HookRunner",
+    "HookTable",
+    "RunHandle",
+    "never_started",
+    "report",
+]
 
 Hook = Callable[..., Any]
+logger = logging.getLogger("gobucket.executors")
+_EXECUTE = HookKind.EXECUTE
 
 
 class Executor:
@@ -129,6 +141,27 @@ class HookTable:
         if getattr(fn, "__func__", None) is base:
             return None
         return fn, inspect.iscoroutinefunction(fn)
+
+
+def never_started(kind: HookKind, args: tuple[Any, ...]) -> bool:
+    """True for an ``on_execute`` whose task was drained, exhausted or rescued while queued."""
+    return kind is _EXECUTE and bool(args) and getattr(args[0], "cancelled", False) is True
+
+
+def report(reply_to: pykka.ActorRef[Any], kind: HookKind, error: BaseException | None) -> None:
+    """Tell ``reply_to`` that a hook of ``kind`` ended (with ``error``, if it raised)."""
+    from gobucket.actors.messages import END_OK, EXECUTED_OK, HookDone
+
+    if error is not None:
+        message = HookDone(kind, error)
+    else:
+        message = EXECUTED_OK if kind is _EXECUTE else END_OK
+    try:
+        reply_to.tell(message)
+    except pykka.ActorDeadError:
+        pass  # the task ended meanwhile: its result is not wanted
+    except Exception:
+        logger.exception("could not report a hook result to %s", reply_to)
 
 
 class RunHandle(Protocol):

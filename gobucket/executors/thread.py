@@ -10,14 +10,14 @@ from typing import Any
 
 import pykka
 
-from gobucket.actors.messages import END_OK, EXECUTED_OK, HookDone, HookKind
+from gobucket.actors.messages import HookKind
+from gobucket.executors.base import never_started, report
 
 __all__ = ["ThreadHookRunner"]
 
 logger = logging.getLogger("gobucket.executors")
 
 _Job = tuple[Callable[..., Any], tuple[Any, ...], pykka.ActorRef[Any], HookKind]
-_OK = {HookKind.EXECUTE: EXECUTED_OK, HookKind.END: END_OK}
 
 
 class ThreadHookRunner:
@@ -119,27 +119,19 @@ class ThreadHookRunner:
 
 def _run(job: _Job, local: threading.local | None) -> None:
     fn, args, reply_to, kind = job
-    if kind is HookKind.EXECUTE and args and getattr(args[0], "cancelled", False):
-        # Drained, exhausted or rescued while waiting for a worker: never start it.
+    if never_started(kind, args):
         return
+    error: BaseException | None = None
     try:
         fn(*args)
-    except Exception as error:
-        message = HookDone(kind, error)
-    except BaseException as error:  # SystemExit, KeyboardInterrupt inside a hook
-        message = HookDone(kind, error)
-    else:
-        message = _OK[kind]
+    except BaseException as raised:  # also SystemExit, KeyboardInterrupt inside a hook
+        error = raised
     # While the result is reported (the actor may run inline here), an end hook
     # the actor submits is a follow-up of this job: this worker runs it next.
     if local is not None:
         local.reporting = True
     try:
-        reply_to.tell(message)
-    except pykka.ActorDeadError:
-        pass
-    except Exception:
-        logger.exception("could not report a hook result to %s", reply_to)
+        report(reply_to, kind, error)
     finally:
         if local is not None:
             local.reporting = False
