@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pykka
 
-from gobucket.actors.messages import HookKind
+from gobucket.actors.messages import END_OK, EXECUTED_OK, HookDone, HookKind
 
 if TYPE_CHECKING:
     from gobucket.context import TaskContext
@@ -150,8 +150,6 @@ def never_started(kind: HookKind, args: tuple[Any, ...]) -> bool:
 
 def report(reply_to: pykka.ActorRef[Any], kind: HookKind, error: BaseException | None) -> None:
     """Tell ``reply_to`` that a hook of ``kind`` ended (with ``error``, if it raised)."""
-    from gobucket.actors.messages import END_OK, EXECUTED_OK, HookDone
-
     if error is not None:
         message = HookDone(kind, error)
     else:
