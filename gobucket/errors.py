@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "BucketClosedError",
     "BucketFullError",
@@ -10,6 +12,8 @@ __all__ = [
     "InvalidArgumentError",
     "NoPeerAvailableError",
     "PeerLostTaskError",
+    "RescueTimeoutError",
+    "SinkWriteError",
     "TaskActorCrashedError",
     "TaskNotFoundError",
 ]
@@ -76,3 +80,41 @@ class PeerLostTaskError(GoBucketError, ConnectionError):
     (that could run it twice). The group also reports it through
     ``on_peer_schedule_failed``.
     """
+
+
+class RescueTimeoutError(GoBucketError, TimeoutError):
+    """A rescue ran past its bound; everything it had was written before this was raised.
+
+    Attributes:
+        rescued: tasks whose ``on_panic`` returned and whose record was stored.
+        pending: tasks whose ``on_panic`` had not returned (their records were
+            still stored when a sink is set) or that were still ending.
+        pending_ids: the ids of those tasks.
+    """
+
+    def __init__(self, rescued: int, pending_ids: list[str], timeout: float | None) -> None:
+        shown = ", ".join(repr(i) for i in pending_ids[:5])
+        more = f" and {len(pending_ids) - 5} more" if len(pending_ids) > 5 else ""
+        bound = f" within {timeout:g}s" if timeout is not None else ""
+        super().__init__(
+            f"rescue did not finish{bound}: {rescued} task(s) rescued, "
+            f"{len(pending_ids)} still pending ({shown}{more}); a hanging on_panic or end "
+            "hook is the usual cause"
+        )
+        self.rescued = rescued
+        self.pending = len(pending_ids)
+        self.pending_ids = list(pending_ids)
+
+
+class SinkWriteError(GoBucketError):
+    """A rescue sink could not store some records (the others were stored).
+
+    Attributes:
+        failed: the records that were not stored.
+        written: how many records of the same write were stored.
+    """
+
+    def __init__(self, message: str, failed: list[Any], written: int = 0) -> None:
+        super().__init__(message)
+        self.failed = list(failed)
+        self.written = written
