@@ -10,7 +10,7 @@ from gobucket.actors.group import PeerInfo, Placement
 from gobucket.actors.messages import Outcome
 from gobucket.actors.runtime import ActorRuntime, default_runtime
 from gobucket.bucket import TaskBucket
-from gobucket.config import BucketConfig, TaskType
+from gobucket.config import MAX_DURATION, BucketConfig, TaskType
 from gobucket.context import TaskContext
 from gobucket.errors import (
     BucketClosedError,
@@ -20,12 +20,16 @@ from gobucket.errors import (
     InvalidArgumentError,
     NoPeerAvailableError,
     PeerLostTaskError,
+    RescueTimeoutError,
+    SinkWriteError,
     TaskActorCrashedError,
     TaskNotFoundError,
 )
 from gobucket.executors.base import Executor, FunctionExecutor
 from gobucket.group import TaskBucketGroup
 from gobucket.recovery import (
+    DEFAULT_FALLBACK_PATH,
+    EXIT_RESCUE_INCOMPLETE,
     JsonlRescueSink,
     RedisRescueSink,
     RescuedTask,
@@ -38,6 +42,9 @@ from gobucket.recovery import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_FALLBACK_PATH",
+    "EXIT_RESCUE_INCOMPLETE",
+    "MAX_DURATION",
     "ActorRuntime",
     "BucketClosedError",
     "BucketConfig",
@@ -56,7 +63,9 @@ __all__ = [
     "Placement",
     "RedisRescueSink",
     "RescueSink",
+    "RescueTimeoutError",
     "RescuedTask",
+    "SinkWriteError",
     "TaskActorCrashedError",
     "TaskBucket",
     "TaskBucketGroup",

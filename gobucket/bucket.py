@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
+import time
+from collections.abc import Iterator
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
@@ -15,14 +19,25 @@ from gobucket.actors.bucket import BucketActor, BucketStats
 from gobucket.actors.runtime import ActorRuntime, call, default_runtime
 from gobucket.actors.supervisor import Supervise, Unsupervise
 from gobucket.config import BucketConfig, Duration, TaskType, to_seconds
-from gobucket.errors import BucketClosedError, InvalidArgumentError, TaskNotFoundError
+from gobucket.errors import (
+    BucketClosedError,
+    GoBucketError,
+    InvalidArgumentError,
+    RescueTimeoutError,
+    TaskNotFoundError,
+)
 from gobucket.executors.base import Executor, HookTable
-from gobucket.recovery.record import RescuedTask
-from gobucket.recovery.sinks import RescueSink
+from gobucket.executors.load import WorkLoad
+from gobucket.recovery.collect import RescueReport, default_fallback, rescue_pass
+from gobucket.recovery.record import check_storable
+from gobucket.recovery.sinks import JsonlRescueSink, RescueSink
 
 __all__ = ["TaskBucket", "validate_task_id"]
 
 logger = logging.getLogger("gobucket")
+
+_RESCUE_PASSES = 10
+"""Rescue rounds at shutdown before giving up on tasks that keep appearing (crash restarts)."""
 
 
 def validate_task_id(task_id: object) -> str:
@@ -54,8 +69,13 @@ class TaskBucket:
         config: life span, capacity, default ``run_after``, verbosity.
         executor: the hooks (an :class:`~gobucket.Executor`).
         runtime: the actor runtime to run on (the process default if omitted).
-        rescue_sink: where :meth:`rescue` writes every rescued task (e.g.
-            :class:`~gobucket.JsonlRescueSink`), after its ``on_panic`` returned.
+        rescue_sink: where every rescued task is written (e.g.
+            :class:`~gobucket.JsonlRescueSink`, :class:`~gobucket.RedisRescueSink`).
+            With a sink, :meth:`fill` refuses data the sink cannot store.
+        rescue_fallback: where records go when the sink raises or does not
+            answer within its ``timeout``: a :class:`~gobucket.JsonlRescueSink`
+            or a path (default: ``gobucket-rescue-fallback.jsonl`` in the
+            working directory, or ``$GOBUCKET_RESCUE_FALLBACK``).
         max_restarts, restart_window: supervision. If the bucket's actor fails,
             its live tasks are rescued and a fresh actor takes its place; more
             than ``max_restarts`` failures within ``restart_window`` seconds stop
@@ -69,6 +89,7 @@ class TaskBucket:
         *,
         runtime: ActorRuntime | None = None,
         rescue_sink: RescueSink | None = None,
+        rescue_fallback: JsonlRescueSink | str | os.PathLike[str] | None = None,
         max_restarts: int = 3,
         restart_window: float = 10.0,
     ) -> None:
@@ -81,10 +102,23 @@ class TaskBucket:
         self._executor = executor
         self._runtime = runtime or default_runtime()
         self.rescue_sink = rescue_sink
+        if rescue_fallback is None:
+            self.rescue_fallback = default_fallback()
+        elif isinstance(rescue_fallback, JsonlRescueSink):
+            self.rescue_fallback = rescue_fallback
+        else:
+            self.rescue_fallback = JsonlRescueSink(os.path.abspath(rescue_fallback))
         self._hooks = hooks
+        self._load = WorkLoad(config.name)
         self._key = f"bucket:{config.name}:{id(self):x}"
         self._failure: BaseException | None = None
         self._swapped = threading.Condition()  # notified when the supervisor swaps the actor
+        self._sealed = False  # fills are refused (the door closed)
+        self._closing = False  # close() started
+        self._finished = False  # the actor was stopped
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._rescue_lock = threading.RLock()  # one rescue pass at a time
         self._ref: pykka.ActorRef[BucketActor] = self._spawn()
         call(
             self._runtime.supervisor,
@@ -92,45 +126,35 @@ class TaskBucket:
                 self._key, self._spawn, self._restarted, self._gave_up, max_restarts, restart_window
             ),
         )
-        self._closed = False
-        self._close_lock = threading.Lock()
 
     # supervision -------------------------------------------------------------------
     def _spawn(self) -> pykka.ActorRef[BucketActor]:
-        return BucketActor.start_on(self._runtime, self._config, self._hooks, self._key)
+        return BucketActor.start_on(self._runtime, self._config, self._hooks, self._key, self._load)
 
-    def _restarted(self, fresh: pykka.ActorRef[Any], panics: list[pykka.Future[Any]]) -> None:
+    def _restarted(self, fresh: pykka.ActorRef[Any], panics: list[m.Answer]) -> None:
         with self._swapped:
             self._ref = fresh
             self._swapped.notify_all()
         self._after_crash(panics)
 
-    def _gave_up(self, error: BaseException, panics: list[pykka.Future[Any]]) -> None:
+    def _gave_up(self, error: BaseException, panics: list[m.Answer]) -> None:
         with self._swapped:
             self._failure = error
+            self._sealed = True
             self._closed = True
             self._swapped.notify_all()
         self._after_crash(panics)
 
-    def _after_crash(self, panics: list[pykka.Future[Any]]) -> None:
-        """Wait for the rescued tasks' on_panic (on a worker) and write them to the sink."""
-        sink = self.rescue_sink
-        name = self.name
+    def _after_crash(self, panics: list[m.Answer]) -> None:
+        """Wait for the rescued tasks' on_panic (off the supervisor) and store their records."""
 
         def collect() -> None:
-            records = []
-            for future in panics:
-                try:
-                    result = future.get(timeout=60)
-                except Exception:
-                    continue
-                if isinstance(result, RescuedTask):
-                    records.append(result)
-            logger.warning("[%s] rescued %d task(s) of a failed bucket actor", name, len(records))
-            if sink is not None and records:
-                sink.write(records)
+            report = self._collect(panics, time.monotonic() + 60.0)
+            logger.warning(
+                "[%s] rescued %d task(s) of a failed bucket actor", self.name, report.records
+            )
 
-        self._runtime.threads.submit(collect, (), self._runtime.supervisor, m.HookKind.END)
+        threading.Thread(target=collect, name=f"gobucket-rescue-{self.name}", daemon=True).start()
 
     # properties ------------------------------------------------------------------
     @property
@@ -155,8 +179,8 @@ class TaskBucket:
 
     @property
     def closed(self) -> bool:
-        """True once :meth:`close` was called."""
-        return self._closed
+        """True once the bucket refuses fills (:meth:`close` was called, or it was shut down)."""
+        return self._sealed
 
     # the API -------------------------------------------------------------------------
     def fill(
@@ -173,12 +197,28 @@ class TaskBucket:
         ``run_after`` and ``life_span`` override the config for this task.
 
         Raises:
-            DuplicateTaskError: a task with this id is alive.
+            DuplicateTaskError: a task with this id is alive (or its ``on_execute``
+                still runs after it ended).
             BucketFullError: ``max_bucket`` tasks are alive.
-            InvalidArgumentError: a bad id, type or duration (nothing changed).
+            InvalidArgumentError: a bad id, type or duration, or data the
+                bucket's rescue sink could not store (nothing changed).
             BucketClosedError: the bucket was closed.
         """
         self._ask(self.prepare_fill(task_type, id, data, run_after=run_after, life_span=life_span))
+
+    def _fill_exhausted(self, task_type: TaskType, task_id: str, data: Any) -> None:
+        """Fill a task whose life span already ran out: it ends through ``on_task_exhausted``.
+
+        Used by :func:`~gobucket.replay` for tasks whose deadline passed while
+        the process was down, so that they are never dropped silently.
+        """
+        if not isinstance(task_type, TaskType):
+            raise InvalidArgumentError(f"task_type must be a TaskType, not {task_type!r}")
+        validate_task_id(task_id)
+        if self.rescue_sink is not None:
+            check_storable(data)
+        self._check_open()
+        self._ask(m.FillTask(task_type, task_id, data, 0.0, 0.0, True))
 
     def prepare_fill(
         self,
@@ -189,7 +229,24 @@ class TaskBucket:
         run_after: Duration | None = None,
         life_span: Duration | None = None,
     ) -> m.FillTask:
-        """Validate a fill's arguments and build its message (used by groups too)."""
+        """Validate a fill's arguments and build its message (used by groups too).
+
+        Raises BucketClosedError when the bucket refuses fills.
+        """
+        message = self._validate_fill(task_type, id, data, run_after=run_after, life_span=life_span)
+        self._check_open()
+        return message
+
+    def _validate_fill(
+        self,
+        task_type: TaskType,
+        id: str,
+        data: Any = None,
+        *,
+        run_after: Duration | None = None,
+        life_span: Duration | None = None,
+    ) -> m.FillTask:
+        """Check a fill's arguments (and its data against the rescue sink); build its message."""
         if not isinstance(task_type, TaskType):
             try:
                 task_type = TaskType(task_type)
@@ -217,14 +274,18 @@ class TaskBucket:
                     "run_after applies to TaskType.TIME_BOMB only; an IMMEDIATE task runs now"
                 )
             after = 0.0
-        if self._closed:
+        if self.rescue_sink is not None:
+            check_storable(data)
+        return m.FillTask(task_type, id, data, after, life)
+
+    def _check_open(self) -> None:
+        if self._sealed:
             if self._failure is not None:
                 raise BucketClosedError(
                     f"bucket {self.name!r} was stopped after repeated failures of its actor "
                     f"(last: {self._failure!r})"
                 )
             raise BucketClosedError(f"bucket {self.name!r} is closed")
-        return m.FillTask(task_type, id, data, after, life)
 
     def drain(self, id: str) -> None:
         """Stop a live task and remove it, with no hook.
@@ -242,38 +303,31 @@ class TaskBucket:
             # The task's own actor stopped with our drain still queued: it ended.
             raise TaskNotFoundError(id, "is already ending") from None
 
-    def rescue(self, timeout: float | None = None) -> int:
-        """Run ``on_panic`` for every live task; return how many were rescued.
+    def rescue(self, timeout: float | timedelta | None = None) -> int:
+        """Run ``on_panic`` for every task alive now; return how many were rescued.
 
-        Returns once every ``on_panic`` returned (and, with a rescue sink, once
-        every rescued task was written). Safe from any thread, an ``except``
-        block or a signal handler. Tasks filled afterwards are not affected.
+        A snapshot: tasks filled afterwards are not affected, and the bucket
+        stays open (to shut down, use :meth:`close`). Each task's record is
+        taken the instant it is rescued and, with a rescue sink, written once
+        the ``on_panic`` calls returned (or ``timeout`` passed: a hanging
+        ``on_panic`` does not keep its record out of the sink). Safe from any
+        thread, an ``except`` block or a signal handler.
+
+        Raises:
+            RescueTimeoutError: ``timeout`` passed first; everything taken was
+                written before it was raised (see ``.rescued`` and ``.pending``).
         """
-        answer: tuple[list[pykka.Future[Any]], list[pykka.ActorRef[Any]]] = self._ask(m.RescueAll())
-        futures, refs = answer
-        records: list[RescuedTask] = []
-        for future, ref in zip(futures, refs, strict=True):
-            if ref.actor_inbox.held_by_current_thread():  # type: ignore[attr-defined]
-                # A signal handler interrupted this very task's handler (it is
-                # being filled right now); its Panic runs when the handler returns.
-                logger.warning(
-                    "[%s] task being filled when rescue() interrupted it "
-                    "is rescued after the signal handler returns",
-                    self.name,
-                )
-                continue
-            try:
-                result = future.get(timeout=timeout)
-            except pykka.ActorDeadError:
-                continue
-            if isinstance(result, RescuedTask):
-                records.append(result)
-        rescued = len(records)
-        if self.rescue_sink is not None and records:
-            self.rescue_sink.write(records)
+        limit = None if timeout is None else to_seconds(timeout, "timeout")
+        with self._rescue_lock:
+            answers: list[m.Answer] = self._ask(m.RescueAll())
+            report = rescue_pass(
+                answers, _deadline(limit), self.rescue_sink, self.rescue_fallback, self.name
+            )
         if self._config.verbose:
-            logger.info("[%s] rescued %d task(s)", self.name, rescued)
-        return rescued
+            logger.info("[%s] rescued %d task(s)", self.name, report.rescued)
+        if report.pending_ids:
+            raise RescueTimeoutError(report.rescued, report.pending_ids, limit)
+        return report.rescued
 
     def join(self, timeout: float | timedelta | None = None) -> bool:
         """Wait until no task is alive; return False if ``timeout`` passed first."""
@@ -287,37 +341,150 @@ class TaskBucket:
             return True
 
     def stats(self) -> BucketStats:
-        """A snapshot of the bucket's counters (alive, finished, drained, ...)."""
+        """A snapshot of the bucket's counters (alive, finished, drained, running, ...)."""
         stats: BucketStats = self._ask(m.GetStats())
         return stats
 
-    def close(self, *, wait: bool = True, timeout: float | None = None) -> int:
-        """Refuse further fills, let live tasks end, then stop the bucket's actor.
+    def close(
+        self,
+        *,
+        grace: float | timedelta | None = 30.0,
+        wait_pending: bool = False,
+        timeout: float | timedelta | None = 10.0,
+    ) -> int:
+        """Shut the bucket down without losing a task; return how many were rescued.
 
-        With ``wait`` (the default) live tasks may end on their own for up to
-        ``timeout`` seconds (forever if None); whatever is still alive then is
-        rescued through ``on_panic``, so nothing is dropped silently. Returns how
-        many tasks were rescued. Calling it again does nothing.
+        1. Fills are refused from now on (:class:`BucketClosedError`).
+        2. Tasks whose work has not started (waiting time bombs, retry waits,
+           ``on_execute`` calls still queued for a worker) are rescued at once.
+        3. Running tasks get up to ``grace`` seconds to end (None: as long as
+           they take).
+        4. Whatever is still alive is rescued through ``on_panic`` (and the
+           rescue sink); this rescue is bounded by ``timeout`` seconds.
+
+        With ``wait_pending`` step 2 is skipped: every task, time bombs
+        included, may run and end within ``grace`` (None: however long the
+        last time bomb waits). A ``KeyboardInterrupt`` (or any exception)
+        raised while waiting rescues everything at once, then propagates.
+        Leaving a ``with`` block calls ``close()``; calling it again does nothing.
+
+        Raises:
+            RescueTimeoutError: the rescue did not finish within ``timeout``
+                (everything taken was written first).
         """
+        limit = None if timeout is None else to_seconds(timeout, "timeout")
+        report = self._shutdown(grace, wait_pending, limit)
+        if report.pending_ids:
+            raise RescueTimeoutError(report.rescued, report.pending_ids, limit)
+        return report.rescued
+
+    # shutdown machinery (also used by the signal handlers and rescue_on_error) ------
+    def _shutdown(
+        self,
+        grace: float | timedelta | None,
+        wait_pending: bool,
+        timeout: float | None,
+        *,
+        hurry: bool = False,
+    ) -> RescueReport:
+        """Close the door, rescue what has not started, wait ``grace``, rescue the rest.
+
+        ``hurry`` (signal path, escaping exception) skips the waiting and
+        rescues even if another thread is closing the bucket right now.
+        """
+        wait = None if grace is None else to_seconds(grace, "grace")
         with self._close_lock:
-            if self._closed:
-                return 0
-            with self._swapped:
-                self._closed = True
-                self._swapped.notify_all()
+            first = not self._closing
+            self._closing = True
+        if not (first or hurry):
+            return RescueReport()
+        self._seal()
+        budget = _Budget(timeout)
+        report = RescueReport()
         try:
-            self._ref.ask(m.CloseBucket())
-        except pykka.ActorDeadError:
+            if not hurry:
+                if not wait_pending:
+                    report.merge(self._rescue_until_empty(budget, shed=True))
+                if wait is None or wait > 0:
+                    self.join(wait)
+        except BaseException:
+            report.merge(self._rescue_until_empty(budget))
+            self._finish_close()
+            raise
+        report.merge(self._rescue_until_empty(budget))
+        self._finish_close()
+        return report
+
+    def _seal(self) -> None:
+        """Refuse every further fill (the door closes before any rescue)."""
+        with self._swapped:
+            self._sealed = True
+            self._swapped.notify_all()
+        with contextlib.suppress(pykka.ActorDeadError, BucketClosedError):
+            self._ask(m.CloseBucket())
+
+    def _rescue_until_empty(self, budget: _Budget, *, shed: bool = False) -> RescueReport:
+        """Rescue (with ``shed``: only tasks not started) until nothing is alive or time is up."""
+        report = RescueReport()
+        if not self._rescue_lock.acquire(timeout=budget.left() if budget.bounded else -1):
+            alive = self._alive()
+            logger.error("[%s] could not rescue in time: %d task(s) unsafe", self.name, alive)
+            report.unsafe_ids.extend(["<unknown>"] * alive)
+            return report
+        try:
+            with budget.spending():
+                for _ in range(_RESCUE_PASSES):
+                    try:
+                        answers: list[m.Answer] = self._ask(m.RescueAll(shed))
+                    except (BucketClosedError, pykka.ActorDeadError):
+                        break
+                    if not answers:
+                        break
+                    passed = self._collect(answers, budget.deadline())
+                    report.merge(passed)
+                    if shed or passed.pending_ids:
+                        break
+                    # Tasks may still be listed a moment after they ended; a task
+                    # replaced after a crash needs another pass.
+                    if self.join(min(budget.left(), 1.0) if budget.bounded else 1.0):
+                        break
+        finally:
+            self._rescue_lock.release()
+        if report.records or report.unsafe_ids:
+            logger.warning(
+                "[%s] rescued %d task(s): %d in the sink, %d in the fallback, %d lost, %d pending",
+                self.name,
+                report.records,
+                report.stored,
+                report.fallback,
+                report.lost,
+                len(report.pending_ids),
+            )
+        return report
+
+    def _collect(self, answers: list[m.Answer], deadline: float | None) -> RescueReport:
+        """Wait for rescued tasks and store their records (sink, else fallback)."""
+        return rescue_pass(answers, deadline, self.rescue_sink, self.rescue_fallback, self.name)
+
+    def _alive(self) -> int:
+        try:
+            return len(self)
+        except Exception:
             return 0
-        if wait:
-            self.join(timeout)
-        rescued = self.rescue() if len(self) else 0
-        self.join(5.0)
+
+    def _finish_close(self) -> None:
+        with self._close_lock:
+            if self._finished:
+                return
+            self._finished = True
+        with self._swapped:
+            self._closed = True
+            self._swapped.notify_all()
         call(self._runtime.supervisor, Unsupervise(self._key))
         self._ref.stop()
-        return rescued
 
     def __len__(self) -> int:
+        """How many tasks are alive (0 once closed)."""
         try:
             count: int = self._ask(m.Count())
         except BucketClosedError:
@@ -341,10 +508,16 @@ class TaskBucket:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close(wait=exc_type is None)
+        if exc_type is None:
+            self.close()
+            return
+        try:  # the block raised: rescue at once, and never hide its exception
+            self.close(grace=0)
+        except GoBucketError:
+            logger.exception("[%s] closing after %s", self.name, exc_type.__name__)
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
+        state = "closed" if self._sealed else "open"
         return f"<TaskBucket {self.name!r} {state} max={self._config.max_bucket}>"
 
     def _ask(self, message: Any) -> Any:
@@ -361,7 +534,7 @@ class TaskBucket:
         """The actor died under us: return once the supervisor replaced it, or raise."""
         with self._swapped:
             self._swapped.wait_for(
-                lambda: self._ref is not dead or self._failure is not None or self._closed,
+                lambda: self._ref is not dead or self._failure is not None or self._sealed,
                 timeout=5.0,
             )
         if self._failure is not None:
@@ -370,6 +543,43 @@ class TaskBucket:
                 f"actor (last: {self._failure!r})"
             ) from None
         if self._ref is dead:
-            if self._closed:
+            if self._sealed:
                 raise BucketClosedError(f"bucket {self.name!r} is closed") from None
             raise BucketClosedError(f"bucket {self.name!r} is not running") from None
+
+
+def _deadline(limit: float | None) -> float | None:
+    return None if limit is None else time.monotonic() + limit
+
+
+class _Budget:
+    """A time budget shared by the rescue passes of one shutdown (None: unbounded)."""
+
+    __slots__ = ("_since", "spent", "total")
+
+    def __init__(self, total: float | None) -> None:
+        self.total = total
+        self.spent = 0.0
+        self._since: float | None = None
+
+    @property
+    def bounded(self) -> bool:
+        return self.total is not None
+
+    def left(self) -> float:
+        if self.total is None:
+            return float("inf")
+        running = 0.0 if self._since is None else time.monotonic() - self._since
+        return max(0.0, self.total - self.spent - running)
+
+    def deadline(self) -> float | None:
+        return None if self.total is None else time.monotonic() + self.left()
+
+    @contextlib.contextmanager
+    def spending(self) -> Iterator[None]:
+        self._since = time.monotonic()
+        try:
+            yield
+        finally:
+            self.spent += time.monotonic() - self._since
+            self._since = None

@@ -9,10 +9,21 @@ from datetime import timedelta
 
 from gobucket.errors import InvalidArgumentError
 
-__all__ = ["BucketConfig", "Duration", "TaskType", "to_seconds"]
+__all__ = ["MAX_DURATION", "BucketConfig", "Duration", "TaskType", "to_seconds"]
 
 Duration = float | int | timedelta
 """A length of time: seconds as a number, or a :class:`datetime.timedelta`."""
+
+MAX_DURATION: float = 315_576_000.0
+"""The longest duration accepted anywhere, in seconds: 10 Julian years.
+
+Every duration checked by :func:`to_seconds` (``run_after``, ``life_span``,
+``retry_backoff``, ``TaskBucket.join``'s ``timeout``) above it is refused with
+:class:`~gobucket.InvalidArgumentError`, at the call or, for a peer's FILL
+frame, with a ``bad_data`` refusal. A bound of years keeps every due time far
+inside what the timer thread and the platform's waits can represent (waits
+overflow past about 292 years; ``timedelta.max`` is 2.7 million years).
+"""
 
 
 class TaskType(enum.Enum):
@@ -26,7 +37,12 @@ class TaskType(enum.Enum):
 
 
 def to_seconds(value: Duration, name: str, *, allow_zero: bool = True) -> float:
-    """Convert a duration to float seconds, refusing negatives, NaN and non-numbers."""
+    """Convert a duration to float seconds.
+
+    Refuses non-numbers, NaN, infinities, negatives (and zero unless
+    ``allow_zero``) and anything above :data:`MAX_DURATION`, with an
+    :class:`~gobucket.InvalidArgumentError` naming ``name``.
+    """
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, bool) or not isinstance(value, int | float):
@@ -34,21 +50,33 @@ def to_seconds(value: Duration, name: str, *, allow_zero: bool = True) -> float:
             f"{name} must be a number of seconds or a timedelta, not {type(value).__name__}"
         )
     else:
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int beyond ~1.8e308: too long even to print in full
+            raise _too_long(name, "an integer too large for a float") from None
     if math.isnan(seconds) or math.isinf(seconds):
         raise InvalidArgumentError(f"{name} must be finite, got {seconds!r}")
     if seconds < 0 or (seconds == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise InvalidArgumentError(f"{name} must be {bound} seconds, got {seconds!r}")
+    if seconds > MAX_DURATION:
+        raise _too_long(name, f"{seconds!r} seconds")
     return seconds
+
+
+def _too_long(name: str, got: str) -> InvalidArgumentError:
+    return InvalidArgumentError(
+        f"{name} must be at most {MAX_DURATION:.0f} seconds (10 years), got {got}"
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class BucketConfig:
     """How a :class:`~gobucket.TaskBucket` behaves.
 
-    Durations are seconds (``float``/``int``) or :class:`datetime.timedelta`;
-    they are normalised to float seconds on construction.
+    Durations are seconds (``float``/``int``) or :class:`datetime.timedelta`,
+    at most :data:`~gobucket.config.MAX_DURATION` (10 years); they are
+    normalised to float seconds on construction.
 
     Example::
 

@@ -31,6 +31,7 @@ class TaskContext:
     __slots__ = (
         "_cancelled",
         "_event",
+        "_started",
         "attempt",
         "bucket",
         "deadline",
@@ -54,6 +55,7 @@ class TaskContext:
         self.deadline = deadline
         self.attempt = 0
         self._cancelled = False
+        self._started = False  # this attempt's on_execute was taken by a worker
         self._event: threading.Event | None = None
 
     @property

@@ -32,12 +32,19 @@ class InvalidArgumentError(GoBucketError, ValueError, TypeError):
 
 
 class DuplicateTaskError(GoBucketError):
-    """A task with this id is still alive in the bucket; the fill was refused."""
+    """A task with this id is still alive in the bucket; the fill was refused.
 
-    def __init__(self, task_id: str, bucket: str = "") -> None:
+    Also raised while the ``on_execute`` of an ended task with this id is still
+    running (it overran its life span, or was drained or rescued): two runs of
+    one id never overlap.
+    """
+
+    def __init__(self, task_id: str, bucket: str = "", reason: str = "") -> None:
         where = f" in bucket {bucket!r}" if bucket else ""
         super().__init__(
-            f"task {task_id!r} is already alive{where}; drain it or wait for it to end "
+            reason.format(task=repr(task_id), where=where)
+            if reason
+            else f"task {task_id!r} is already alive{where}; drain it or wait for it to end "
             "before filling the same id again"
         )
         self.task_id = task_id

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from types import TracebackType
@@ -32,11 +34,13 @@ from gobucket.config import Duration, TaskType
 from gobucket.discovery.base import PeerEvent, PeerSource, PeerUp
 from gobucket.discovery.static import StaticDiscovery
 from gobucket.errors import (
+    BucketClosedError,
     BucketFullError,
     GoBucketError,
     InvalidArgumentError,
     NoPeerAvailableError,
 )
+from gobucket.recovery.collect import RescueReport
 from gobucket.wire.connection import Identity, PeerHello
 from gobucket.wire.frames import DEFAULT_MAX_FRAME, pack
 from gobucket.wire.node import NetworkNode
@@ -148,6 +152,7 @@ class TaskBucketGroup:
         self._failure: BaseException | None = None
         self._started = False
         self._stopped = threading.Event()
+        self._wake = threading.Event()  # set by stop() or a signal: serve_forever() returns
         self._lock = threading.Lock()
         if self._secret is None:
             logger.warning(
@@ -195,23 +200,61 @@ class TaskBucketGroup:
         logger.error("group %r stopped routing after repeated failures: %r", self.cluster, error)
         self._failure = error
 
-    def serve_forever(self) -> None:
-        """Start (if needed) and block until :meth:`stop` is called (like Go's StartWork)."""
-        self.start()
-        while not self._stopped.wait(0.5):
-            pass
+    def serve_forever(self, *, grace: float = 30.0) -> None:
+        """Start (if needed) and block until :meth:`stop` is called (like Go's StartWork).
 
-    def stop(self, *, handoff: bool = False, timeout: float = 30.0) -> int:
+        Called from the main thread, SIGINT (Ctrl-C) and SIGTERM end it
+        cleanly: the group stops with hand-off (tasks that have not started go
+        to peers), the local buckets are closed (running tasks get ``grace``
+        seconds, then are rescued) and this returns, without a traceback. The
+        previous signal handlers are restored.
+        """
+        self.start()
+        signalled = threading.Event()
+
+        def on_signal(signum: int, frame: Any) -> None:
+            signalled.set()
+            self._wake.set()
+
+        previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, on_signal)
+        stopped_here = False
+        try:
+            self._wake.wait()
+            stopped_here = signalled.is_set()
+        except KeyboardInterrupt:  # someone else's signal handler raised it
+            stopped_here = True
+        finally:
+            for signum, old in previous.items():
+                signal.signal(signum, old)
+        if stopped_here:
+            logger.warning("group %r: signal received, shutting down", self.cluster)
+        if stopped_here:
+            self.stop(handoff=True, grace=grace)
+
+    def stop(self, *, handoff: bool = False, timeout: float = 30.0, grace: float = 30.0) -> int:
         """Leave the group: stop discovery, close every connection and the server.
 
-        With ``handoff``, first every live task that has not started is filled
-        on a peer (acknowledged) with its remaining wait and life; what no peer
-        takes is rescued through ``on_panic`` (and the bucket's rescue sink).
-        Returns how many tasks were handed off. Buckets stay open.
+        Without ``handoff`` the local buckets stay open (the node only leaves
+        the group). With ``handoff`` the node is shutting down: first each
+        local bucket refuses new fills (group fills go to peers meanwhile),
+        every live task that has not started is filled on a peer
+        (acknowledged) with its remaining wait and life, then each bucket is
+        closed (running tasks get ``grace`` seconds to end, the rest is rescued
+        through ``on_panic`` and the rescue sink). Returns how many tasks were
+        handed off. ``timeout`` bounds each wait for a peer's answer.
         """
         if self._stopped.is_set():
             return 0
-        handed = self._hand_off(timeout) if handoff and self._ref is not None else 0
+        self._wake.set()  # serve_forever() returns
+        handed = 0
+        if handoff:
+            for bucket in self._buckets.values():
+                bucket._seal()
+            if self._ref is not None:
+                handed = self._hand_off(timeout)
         self._stopped.set()
         for source in self._sources:
             try:
@@ -225,7 +268,28 @@ class TaskBucketGroup:
         self._network.stop()
         if self._ref is not None:
             self._ref.stop()
+        if handoff:
+            for name, bucket in self._buckets.items():
+                try:
+                    bucket.close(grace=grace)
+                except GoBucketError:
+                    logger.exception("[%s] closing after hand-off", name)
         return handed
+
+    def _shutdown(
+        self, grace: float | None, wait_pending: bool, timeout: float | None, *, hurry: bool = False
+    ) -> RescueReport:
+        """Signal path: leave the group and rescue every local bucket (see recovery.arm)."""
+        report = RescueReport()
+        for bucket in self._buckets.values():
+            bucket._seal()
+        try:
+            self.stop()
+        except Exception:
+            logger.exception("group %r: stopping failed", self.cluster)
+        for bucket in self._buckets.values():
+            report.merge(bucket._shutdown(grace, wait_pending, timeout, hurry=hurry))
+        return report
 
     def _hand_off(self, timeout: float) -> int:
         """Move not-yet-started tasks to peers; rescue what no peer takes."""
@@ -261,24 +325,28 @@ class TaskBucketGroup:
                 routes.append(
                     (ref, record, self._ref.ask(RouteFill(name, record.task_id, wire), block=False))
                 )
-            rescued: list[RescuedTask] = []
-            for ref, _record, route in routes:
+            unplaced: list[m.Answer] = []
+            for ref, record, route in routes:
                 try:
                     route.get(timeout=timeout)
                     placed = True
                 except Exception:
                     placed = False
                 try:
-                    result = ref.ask(m.Release(placed), timeout=timeout)
-                except Exception:
+                    answer = ref.ask(m.Release(placed), block=False)
+                except pykka.ActorDeadError:
                     continue
                 if placed:
                     handed += 1
-                elif isinstance(result, RescuedTask):
-                    rescued.append(result)
-            if rescued and bucket.rescue_sink is not None:
-                bucket.rescue_sink.write(rescued)
-            logger.info("[%s] handed off %d task(s), rescued %d", name, handed, len(rescued))
+                else:
+                    unplaced.append((record.task_id, ref, answer))
+            rescued = bucket._collect(unplaced, time.monotonic() + timeout) if unplaced else None
+            logger.info(
+                "[%s] handed off %d task(s), rescued %d",
+                name,
+                handed,
+                rescued.records if rescued else 0,
+            )
         return handed
 
     def __enter__(self) -> Self:
@@ -350,7 +418,9 @@ class TaskBucketGroup:
         Argument errors and local refusals other than "full" are raised at once.
         """
         local = self.get_bucket(bucket)
-        message = local.prepare_fill(task_type, id, data, run_after=run_after, life_span=life_span)
+        message = local._validate_fill(
+            task_type, id, data, run_after=run_after, life_span=life_span
+        )
         try:
             packed = pack(data)
         except (TypeError, ValueError, OverflowError) as error:
@@ -360,26 +430,26 @@ class TaskBucketGroup:
             ) from None
         from gobucket.actors._future import done_future
 
-        try:
-            call(local.actor_ref, message)
-            return done_future(Placement(True, self.node_id, bucket, id, None))
-        except BucketFullError:
-            pass
-        except pykka.ActorDeadError:
-            pass
+        if not local.closed:
+            try:
+                call(local.actor_ref, message)
+                return done_future(Placement(True, self.node_id, bucket, id, None))
+            except (BucketFullError, BucketClosedError, pykka.ActorDeadError):
+                pass  # full, or shutting down: a peer may take it
         if self._ref is None:
             raise GoBucketError("start() the group before filling it")
         wire = fill_frame(
             bucket, id, packed, message.task_type, message.run_after, message.life_span
         )
+        why = "is closed" if local.closed else "is full"
         if self._failure is not None:
             raise NoPeerAvailableError(
-                f"task buffer exceeded: bucket {bucket!r} is full and overflow routing "
+                f"task buffer exceeded: bucket {bucket!r} {why} and overflow routing "
                 f"stopped after repeated failures ({self._failure!r})"
             )
         if self._stopped.is_set() or not self._ref.is_alive():
             raise NoPeerAvailableError(
-                f"task buffer exceeded: bucket {bucket!r} is full and the group is stopped"
+                f"task buffer exceeded: bucket {bucket!r} {why} and the group is stopped"
             )
         future: pykka.Future[Placement] = self._ref.ask(RouteFill(bucket, id, wire), block=False)
         return future

@@ -122,7 +122,7 @@ def make_bucket() -> Iterator[Callable[..., TaskBucket]]:
         return bucket
 
     yield make
-    close_all(buckets, timeout=2.0)
+    close_all(buckets, grace=2.0)
 
 
 def close_all(buckets: list[TaskBucket], wait_for: float = 20.0, **close: Any) -> None:

@@ -242,7 +242,7 @@ class Cluster:
                 errors.append(error)
         for bucket in self.buckets:
             try:
-                bucket.close(wait=False, timeout=2.0)
+                bucket.close(grace=0)
             except BaseException as error:
                 errors.append(error)
         if errors:

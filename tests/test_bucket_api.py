@@ -280,7 +280,7 @@ def test_concurrent_fills_never_exceed_max_bucket(make_bucket, recorder):
 
 def test_filling_a_closed_bucket_raises_bucket_closed_error(recorder):
     bucket = TaskBucket(BucketConfig(life_span=1.0), RecordingExecutor(recorder))
-    bucket.close(timeout=WAIT)
+    bucket.close(wait_pending=True, grace=WAIT)
     assert bucket.closed
     with pytest.raises(BucketClosedError):
         bucket.fill(TaskType.IMMEDIATE, "late")
@@ -378,7 +378,7 @@ def test_draining_with_a_bad_id_raises_invalid_argument(make_bucket):
 def test_close_lets_live_tasks_finish_then_refuses_fills(recorder):
     bucket = TaskBucket(BucketConfig(life_span=2.0), RecordingExecutor(recorder))
     bucket.fill(TaskType.TIME_BOMB, "a", run_after=0.05)
-    assert bucket.close(timeout=WAIT) == 0
+    assert bucket.close(wait_pending=True, grace=WAIT) == 0
     assert recorder.ends("a") == ["on_finish"]
     assert bucket.close() == 0  # a second close does nothing
     with pytest.raises(BucketClosedError):
@@ -388,16 +388,35 @@ def test_close_lets_live_tasks_finish_then_refuses_fills(recorder):
 def test_close_rescues_tasks_still_alive_after_its_timeout(recorder):
     bucket = TaskBucket(BucketConfig(life_span=5.0), RecordingExecutor(recorder))
     bucket.fill(TaskType.TIME_BOMB, "waiting", run_after=4.0)
-    assert bucket.close(timeout=0.05) == 1
+    assert bucket.close(wait_pending=True, grace=0.05) == 1
     assert recorder.ends("waiting") == ["on_panic"]
     assert recorder.hooks("waiting") == ["on_panic"]
 
 
-def test_context_manager_waits_for_tasks_on_a_clean_exit(recorder):
-    with TaskBucket(BucketConfig(life_span=2.0), RecordingExecutor(recorder)) as bucket:
-        bucket.fill(TaskType.TIME_BOMB, "a", run_after=0.05)
-        bucket.fill(TaskType.IMMEDIATE, "b")
+def test_context_manager_rescues_waiting_time_bombs_and_lets_running_tasks_end(recorder):
+    started = threading.Event()
+
+    class Slow(RecordingExecutor):
+        def on_execute(self, ctx, id, data):
+            super().on_execute(ctx, id, data)
+            if id == "running":
+                started.set()
+                ctx.wait_cancelled(0.3)  # ends on its own well within the grace
+
+    with TaskBucket(BucketConfig(life_span=5.0), Slow(recorder)) as bucket:
+        bucket.fill(TaskType.TIME_BOMB, "a", run_after=3.0)
+        bucket.fill(TaskType.IMMEDIATE, "running")
+        assert started.wait(WAIT)
     assert bucket.closed
+    assert recorder.ends("a") == ["on_panic"]  # rescued at once, not waited for
+    assert recorder.ends("running") == ["on_finish"]  # given its grace to end
+
+
+def test_close_wait_pending_lets_every_time_bomb_fire(recorder):
+    bucket = TaskBucket(BucketConfig(life_span=2.0), RecordingExecutor(recorder))
+    bucket.fill(TaskType.TIME_BOMB, "a", run_after=0.05)
+    bucket.fill(TaskType.IMMEDIATE, "b")
+    assert bucket.close(wait_pending=True, grace=WAIT) == 0
     assert recorder.ends("a") == ["on_finish"]
     assert recorder.ends("b") == ["on_finish"]
 

@@ -273,7 +273,7 @@ def test_drained_task_waiting_for_a_worker_never_starts(recorder):
         assert recorder.hooks("queued") == []
     finally:
         release.set()
-        bucket.close(timeout=WAIT)
+        bucket.close(wait_pending=True, grace=WAIT)
         runtime.shutdown()
 
 
@@ -296,9 +296,9 @@ def test_draining_a_running_task_cancels_its_context_and_frees_its_id_at_once(
     assert entered.wait(WAIT)
     bucket.drain("job")
     assert "job" not in bucket
-    bucket.fill(TaskType.IMMEDIATE, "job", "second")  # refill right after drain
+    assert returned.wait(WAIT)  # woken by the drain's cancel
+    bucket.fill(TaskType.IMMEDIATE, "job", "second")  # refill once the first run is over
     assert bucket.join(WAIT)
-    assert returned.wait(WAIT)
     assert seen == {"woken": True, "cancelled": True}
     assert recorder.ends_by_data("first") == []  # its late result was dropped
     assert recorder.ends_by_data("second") == ["on_finish"]

@@ -99,7 +99,7 @@ def test_rescue_does_not_wait_behind_busy_workers(recorder):
         assert recorder.count("on_panic") == 5
     finally:
         release.set()
-        bucket.close(timeout=WAIT)
+        bucket.close(wait_pending=True, grace=WAIT)
         runtime.shutdown()
 
 
@@ -183,7 +183,7 @@ SIGNAL_DURING_FILL = textwrap.dedent(
     logging.getLogger("gobucket").addHandler(Trigger())
     bucket.fill(TaskType.TIME_BOMB, "trigger")
     print(json.dumps(result))
-    bucket.close(wait=False)
+    bucket.close(grace=0)
     """
 )
 

@@ -65,7 +65,7 @@ class Pair:
 def spare_bucket() -> Iterator[TaskBucket]:
     bucket = TaskBucket(BucketConfig(max_bucket=1, name=BUCKET), NullExecutor())
     yield bucket
-    bucket.close(wait=False)
+    bucket.close(grace=0)
 
 
 @pytest.mark.parametrize(

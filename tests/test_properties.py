@@ -114,4 +114,4 @@ def test_every_accepted_task_ends_exactly_once_and_the_bucket_empties(ops, max_b
         assert stats.drained == len(drained)
         assert stats.alive == 0
     finally:
-        bucket.close(wait=False)
+        bucket.close(grace=0)

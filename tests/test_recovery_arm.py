@@ -15,6 +15,7 @@ from conftest import close_all as shared_close_all
 
 import gobucket
 from gobucket import (
+    BucketClosedError,
     BucketConfig,
     JsonlRescueSink,
     TaskBucket,
@@ -26,7 +27,7 @@ from gobucket import (
 
 def close_all(buckets: list[TaskBucket]) -> None:
     """Close every bucket without waiting for its tasks."""
-    shared_close_all(buckets, WAIT, wait=False)
+    shared_close_all(buckets, WAIT, grace=0)
 
 
 class Armed:
@@ -110,10 +111,11 @@ def test_decorator_rescues_when_an_exception_escapes_and_re_raises_it(make_armed
         handler(["x"], fail=True)
     assert armed.stored() == ["ok0", "ok1", "x"]  # every live task, not only the call's
     assert armed.recorder.count("on_panic") == 3
-    # The decorator is re-usable: armed again on the next call.
-    with pytest.raises(KeyError):
-        handler(["y"], fail=True)
-    assert armed.stored() == ["ok0", "ok1", "x", "y"]
+    # The door closed before the rescue: the bucket takes nothing more.
+    assert armed.bucket.closed
+    with pytest.raises(BucketClosedError):
+        handler(["y"], fail=False)
+    assert armed.stored() == ["ok0", "ok1", "x"]
 
 
 def test_a_keyboard_interrupt_escaping_is_rescued_too(make_armed):

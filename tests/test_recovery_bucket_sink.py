@@ -18,7 +18,7 @@ from tests.redis_fixture import redis_url  # noqa: F401  (a fixture)
 
 def close_all(buckets: list[TaskBucket]) -> None:
     """Close every bucket without waiting for its tasks."""
-    shared_close_all(buckets, WAIT, wait=False)
+    shared_close_all(buckets, WAIT, grace=0)
 
 
 @pytest.fixture(params=["jsonl", "redis"])

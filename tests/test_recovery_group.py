@@ -112,8 +112,8 @@ def test_failed_group_actor_is_restarted_and_overflow_goes_on(monkeypatch):
     finally:
         a.stop()
         b.stop()
-        a_bucket.close(wait=False)
-        b_bucket.close(wait=False)
+        a_bucket.close(grace=0)
+        b_bucket.close(grace=0)
 
 
 @pytest.mark.slow
@@ -165,7 +165,7 @@ def test_rolling_restart_with_handoff_loses_nothing_under_steady_fills():
             assert old is not None
             old_bucket, old_group = old
             handed.append(old_group.stop(handoff=True))
-            old_bucket.close(wait=True, timeout=WAIT)  # running ones finish here
+            old_bucket.close(wait_pending=True, grace=WAIT)  # running ones finish here
             fresh = make_node(port, [q for q in ports if q != port], ledger, lock)
             assert wait_until(lambda f=fresh: sum(p.up for p in f[1].peers()) == 2)
             with nodes_lock:
@@ -191,4 +191,4 @@ def test_rolling_restart_with_handoff_loses_nothing_under_steady_fills():
         for node in nodes:
             if node is not None:
                 node[1].stop()
-                node[0].close(wait=False)
+                node[0].close(grace=0)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+import msgpack
 import pytest
 from conftest import WAIT, Recorder, RecordingExecutor
 from conftest import close_all as shared_close_all
@@ -25,11 +28,12 @@ from gobucket import (
 from tests.redis_fixture import redis_url  # noqa: F401  (a fixture)
 
 EPS = 0.002  # float rounding of the 1 ms timer wheel; timers never fire early
+LATE = 0.05  # a replayed time bomb fires within 50 ms of its original due time
 
 
 def close_all(buckets: list[TaskBucket]) -> None:
     """Close every bucket without waiting for its tasks."""
-    shared_close_all(buckets, WAIT, wait=False)
+    shared_close_all(buckets, WAIT, grace=0)
 
 
 @pytest.fixture
@@ -70,18 +74,17 @@ def test_replay_fills_every_task_back_and_empties_the_sink(make_bucket, tmp_path
     assert replay(sink, bucket) == 0  # nothing left
 
 
-def test_replayed_tasks_keep_their_data_type_wait_and_remaining_life(make_bucket, tmp_path):
+def test_replayed_tasks_keep_their_data_type_and_wall_clock_deadline(make_bucket, tmp_path):
     recorder = Recorder()
     sink = JsonlRescueSink(tmp_path / "r.jsonl")
     data = {"blob": b"\x00\x01", "nested": [1, {"x": None}]}
-    sink.write(
-        [
-            RescuedTask("mail", "now", TaskType.IMMEDIATE, data, remaining_life=7.5),
-            RescuedTask("mail", "later", TaskType.TIME_BOMB, "bomb", 9.0, remaining_wait=0.3),
-            # A time bomb rescued after it started (e.g. waiting for a retry): due now.
-            RescuedTask("mail", "started", TaskType.TIME_BOMB, 3, 6.0, remaining_wait=0.0),
-        ]
-    )
+    rescued = [
+        RescuedTask("mail", "now", TaskType.IMMEDIATE, data, remaining_life=7.5),
+        RescuedTask("mail", "later", TaskType.TIME_BOMB, "bomb", 9.0, remaining_wait=0.3),
+        # A time bomb rescued after it started (e.g. waiting for a retry): due now.
+        RescuedTask("mail", "started", TaskType.TIME_BOMB, 3, 6.0, remaining_wait=0.0),
+    ]
+    sink.write(rescued)
     bucket = make_bucket(RecordingExecutor(recorder), life_span=60.0, run_after=40.0)
     assert replay(sink, bucket) == 3
     for task_id in ("now", "later", "started"):
@@ -90,31 +93,134 @@ def test_replayed_tasks_keep_their_data_type_wait_and_remaining_life(make_bucket
     now = recorder.first("on_execute", "now")
     assert now[2] == data
     assert now[4].task_type is TaskType.IMMEDIATE
-    assert now[4].deadline - now[4].filled_at == pytest.approx(7.5, abs=1e-6)
-    later = recorder.first("on_execute", "later")
-    assert later[2] == "bomb"
-    assert later[4].task_type is TaskType.TIME_BOMB
-    assert later[4].deadline - later[4].filled_at == pytest.approx(9.0, abs=1e-6)
-    started_ctx = recorder.first("on_execute", "started")[4]
-    assert started_ctx.task_type is TaskType.IMMEDIATE
-    assert started_ctx.deadline - started_ctx.filled_at == pytest.approx(6.0, abs=1e-6)
+    assert recorder.first("on_execute", "later")[2] == "bomb"
+    assert recorder.first("on_execute", "later")[4].task_type is TaskType.TIME_BOMB
+    assert recorder.first("on_execute", "started")[4].task_type is TaskType.IMMEDIATE
+    # Each life span still ends at its original wall-clock deadline: what the task
+    # got is its remaining life less the time between its rescue and its fill.
+    for task in rescued:
+        ctx = recorder.first("on_execute", task.task_id)[4]
+        life = ctx.deadline - ctx.filled_at
+        since_rescue = time.time() - task.rescued_at
+        assert task.remaining_life - since_rescue <= life <= task.remaining_life, task.task_id
 
 
-def test_a_time_bomb_replays_with_its_remaining_wait(make_bucket, tmp_path):
-    ran_at: list[float] = []
-    done = threading.Event()
+def ran_at_wall_clock(recorder: Recorder) -> tuple[RecordingExecutor, dict[str, float]]:
+    """An executor noting the wall-clock time each task's on_execute started."""
+    ran: dict[str, float] = {}
 
-    def execute(ctx, id, data):
-        ran_at.append(time.monotonic())
-        done.set()
+    def execute(ctx: Any, id: str, data: Any) -> None:
+        ran[id] = time.time()
 
+    return RecordingExecutor(recorder, execute=execute), ran
+
+
+def test_a_time_bomb_replays_at_its_original_due_time(make_bucket, tmp_path):
+    recorder = Recorder()
+    executor, ran = ran_at_wall_clock(recorder)
     sink = JsonlRescueSink(tmp_path / "r.jsonl")
-    sink.write([RescuedTask("mail", "b", TaskType.TIME_BOMB, None, 10.0, remaining_wait=0.4)])
-    bucket = make_bucket(RecordingExecutor(Recorder(), execute=execute), run_after=30.0)
-    before = time.monotonic()
+    task = RescuedTask("mail", "b", TaskType.TIME_BOMB, None, 10.0, remaining_wait=0.4)
+    sink.write([task])
+    bucket = make_bucket(executor, run_after=30.0)
     assert replay(sink, bucket) == 1
-    assert done.wait(WAIT)
-    assert ran_at[0] - before >= 0.4 - EPS
+    assert recorder.wait_hook("on_finish", "b")
+    assert task.due_at is not None
+    assert ran["b"] >= task.due_at - EPS  # never early ...
+    assert ran["b"] - task.due_at < LATE  # ... and on time
+
+
+def test_replay_after_5s_of_downtime_fires_within_50ms_of_the_original_due_time(
+    make_bucket, tmp_path
+):
+    """Rescued 5 s ago with 6 s left to wait: due 1 s from now, not 6 s from now."""
+    recorder = Recorder()
+    executor, ran = ran_at_wall_clock(recorder)
+    rescued_at = time.time() - 5.0
+    task = RescuedTask("mail", "bomb", TaskType.TIME_BOMB, {"n": 1}, 60.0, 6.0, rescued_at)
+    sink = JsonlRescueSink(tmp_path / "r.jsonl")
+    sink.write([task])
+    bucket = make_bucket(executor, run_after=30.0)
+    assert replay(JsonlRescueSink(sink.path), bucket) == 1
+    assert recorder.wait_hook("on_finish", "bomb")
+    ctx = recorder.first("on_execute", "bomb")[4]
+    assert ctx.task_type is TaskType.TIME_BOMB
+    assert task.due_at == rescued_at + 6.0
+    lateness = ran["bomb"] - task.due_at
+    assert -EPS <= lateness < LATE, lateness
+
+
+def test_a_task_due_during_the_downtime_runs_at_once(make_bucket, tmp_path):
+    recorder = Recorder()
+    executor, ran = ran_at_wall_clock(recorder)
+    rescued_at = time.time() - 5.0  # it had 2 s to wait: due 3 s ago
+    sink = JsonlRescueSink(tmp_path / "r.jsonl")
+    sink.write([RescuedTask("mail", "late", TaskType.TIME_BOMB, "x", 60.0, 2.0, rescued_at)])
+    bucket = make_bucket(executor, run_after=30.0)
+    start = time.time()
+    assert replay(sink, bucket) == 1
+    assert recorder.wait_hook("on_finish", "late")
+    ctx = recorder.first("on_execute", "late")[4]
+    assert ctx.task_type is TaskType.IMMEDIATE
+    assert ran["late"] - start < 1.0  # at once, not 2 s (its old remaining wait) later
+    assert ctx.deadline - ctx.filled_at <= 55.0  # its life still ends at the old deadline
+
+
+def test_a_task_whose_life_span_ran_out_while_down_ends_as_exhausted_at_once(make_bucket, tmp_path):
+    recorder = Recorder()
+    long_ago = time.time() - 10.0
+    sink = JsonlRescueSink(tmp_path / "r.jsonl")
+    sink.write(
+        [
+            # Its 5 s of life ran out 5 s ago, waiting or not.
+            RescuedTask("mail", "dead-bomb", TaskType.TIME_BOMB, {"d": 1}, 5.0, 2.0, long_ago),
+            RescuedTask("mail", "dead-now", TaskType.IMMEDIATE, [b"\x01"], 5.0, 0.0, long_ago),
+            # Hand-made: its deadline comes before its due time; it could never run.
+            RescuedTask(
+                "mail",
+                "never",
+                TaskType.TIME_BOMB,
+                None,
+                1.0,
+                0.0,
+                due_at=time.time() + 30,
+                deadline_at=time.time() + 20,
+            ),
+            RescuedTask("mail", "alive", TaskType.TIME_BOMB, None, 60.0, 50.0),
+        ]
+    )
+    bucket = make_bucket(RecordingExecutor(recorder), run_after=30.0)
+    assert replay(sink, bucket) == 4  # delivered: nothing dropped silently
+    assert sink.read() == []
+    for task_id, data in (("dead-bomb", {"d": 1}), ("dead-now", [b"\x01"]), ("never", None)):
+        assert recorder.wait_hook("on_task_exhausted", task_id), task_id
+        assert recorder.hooks(task_id) == ["on_task_exhausted"], task_id
+        assert recorder.first("on_task_exhausted", task_id)[2] == data
+    assert "alive" in bucket and recorder.hooks("alive") == []
+
+
+def test_an_old_format_record_replays_on_its_wall_clock_schedule(make_bucket, tmp_path):
+    """A v1 line (relative times, data base64 msgpack) rescued 5 s ago, 5.8 s to wait."""
+    recorder = Recorder()
+    executor, ran = ran_at_wall_clock(recorder)
+    rescued_at = time.time() - 5.0
+    data = {"i": 1, "blob": b"\x00"}
+    line = {
+        "bucket": "mail",
+        "id": "v1",
+        "type": "time_bomb",
+        "data": base64.b64encode(msgpack.packb(data, use_bin_type=True)).decode(),
+        "remaining_life": 30.0,
+        "remaining_wait": 5.8,
+        "rescued_at": rescued_at,
+        "key": "old",
+    }
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(line) + "\n")
+    bucket = make_bucket(executor, run_after=30.0)
+    assert replay(JsonlRescueSink(path), bucket) == 1
+    assert recorder.wait_hook("on_finish", "v1")
+    assert recorder.first("on_execute", "v1")[2] == data
+    assert -EPS <= ran["v1"] - (rescued_at + 5.8) < LATE
 
 
 def test_a_full_target_leaves_the_rest_stored_and_replaying_again_continues(make_bucket, tmp_path):
@@ -267,6 +373,30 @@ def test_replay_into_a_group_fills_each_task_into_its_bucket(make_bucket, tmp_pa
         assert replay(sink, group) == 2
         assert sink.read() == []
         assert sorted(t for t in ("s0", "s1", "s2", "s3") if t in sms) == left
+    finally:
+        stopper = threading.Thread(target=group.stop, daemon=True)
+        stopper.start()
+        stopper.join(WAIT)
+        assert not stopper.is_alive(), "group.stop() hung"
+
+
+def test_replay_into_a_group_ends_an_expired_task_in_its_own_bucket(make_bucket, tmp_path):
+    recorder = Recorder()
+    mail = make_bucket(name="mail")
+    sms = make_bucket(RecordingExecutor(recorder), name="sms")
+    group = TaskBucketGroup(
+        {"mail": mail, "sms": sms}, port=0, host="127.0.0.1", secret="s3cret", discovery=False
+    )
+    group.start()
+    try:
+        sink = JsonlRescueSink(tmp_path / "r.jsonl")
+        expired = RescuedTask("sms", "gone", TaskType.IMMEDIATE, "d", 1.0, 0.0, time.time() - 9)
+        sink.write([expired, *bombs(2, bucket="sms", prefix="s")])
+        assert replay(sink, group) == 3
+        assert recorder.wait_hook("on_task_exhausted", "gone")
+        assert recorder.hooks("gone") == ["on_task_exhausted"]
+        assert "s0" in sms and "s1" in sms and len(mail) == 0
+        assert sink.read() == []
     finally:
         stopper = threading.Thread(target=group.stop, daemon=True)
         stopper.start()

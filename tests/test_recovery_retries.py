@@ -192,7 +192,7 @@ def test_exhaustion_during_a_retry_wait_ends_the_task_with_on_task_exhausted(rec
         assert work.attempts() == [1]
         assert ctx.cancelled
     finally:
-        bucket.close(wait=False)
+        bucket.close(grace=0)
         runtime.shutdown()
 
 

@@ -9,13 +9,18 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import gobucket
 from gobucket import JsonlRescueSink, RedisRescueSink, RescuedTask, TaskType
-from tests.redis_fixture import redis_url  # noqa: F401  (a fixture)
+from gobucket.errors import SinkWriteError
+from gobucket.recovery import sinks as sinks_module
+from tests.redis_fixture import _stop, redis_url, start_redis  # noqa: F401  (a fixture)
 
 CHILD = Path(__file__).parent / "nodes" / "rescue_child.py"
 WAIT = 20.0
@@ -47,6 +52,16 @@ def records(bucket: str = "mail", prefix: str = "t", n: int = len(DATA)) -> list
     return out
 
 
+def with_bad(good: list[RescuedTask], at: int) -> list[RescuedTask]:
+    """``good`` with a record whose data no sink can encode (a set) inserted at ``at``."""
+    bad = RescuedTask("mail", "bad", TaskType.IMMEDIATE, {1, 2}, remaining_life=5.0)
+    return [*good[:at], bad, *good[at:]]
+
+
+def ids(tasks: Sequence[RescuedTask]) -> list[str]:
+    return [t.task_id for t in tasks]
+
+
 def same_task(a: RescuedTask, b: RescuedTask) -> bool:
     return (
         a.bucket == b.bucket
@@ -56,6 +71,8 @@ def same_task(a: RescuedTask, b: RescuedTask) -> bool:
         and a.remaining_life == b.remaining_life
         and a.remaining_wait == b.remaining_wait
         and a.rescued_at == b.rescued_at
+        and a.due_at == b.due_at
+        and a.deadline_at == b.deadline_at
     )
 
 
@@ -98,7 +115,9 @@ def test_jsonl_write_appends_and_read_returns_every_field(tmp_path):
         assert raw["id"] == task.task_id
         assert raw["type"] == task.task_type.value
         assert raw["remaining_life"] == task.remaining_life
-        assert "data" in raw
+        assert raw["v"] == 2
+        assert raw["due_at"] == task.due_at and raw["deadline_at"] == task.deadline_at
+        assert ("data" in raw) != ("data_msgpack" in raw)
 
 
 def test_jsonl_read_of_a_missing_file_is_empty_and_an_empty_write_makes_no_file(tmp_path):
@@ -204,6 +223,70 @@ def test_jsonl_concurrent_writers_lose_nothing(tmp_path):
     assert len(set(ids)) == len(ids)
 
 
+def test_jsonl_lines_are_plain_json_people_and_jq_can_read(tmp_path):
+    path = tmp_path / "r.jsonl"
+    mail = {"to": "a@example.com", "n": [1, 2.5, None], "ok": True}
+    JsonlRescueSink(path).write(
+        [
+            RescuedTask("mail", "plain", TaskType.IMMEDIATE, mail, remaining_life=5.0),
+            RescuedTask("mail", "blob", TaskType.IMMEDIATE, {"b": b"\x00"}, remaining_life=5.0),
+        ]
+    )
+    plain, blob = (json.loads(line) for line in path.read_text().splitlines())
+    assert plain["v"] == 2 and plain["data"] == mail and "data_msgpack" not in plain
+    assert "data" not in blob and isinstance(blob["data_msgpack"], str)
+    assert [t.data for t in JsonlRescueSink(path).read()] == [mail, {"b": b"\x00"}]
+
+
+# As gobucket 0.1 wrote it: no "v", data base64 msgpack of {"i": 1, "blob": b"\x00\x01"}.
+V1_LINE = (
+    '{"bucket":"mail","id":"old","type":"time_bomb","data":"gqFpAaRibG9ixAIAAQ==",'
+    '"remaining_life":40.0,"remaining_wait":4.0,"rescued_at":2000.0,"key":"k-old"}'
+)
+
+
+def test_jsonl_reads_old_format_lines_next_to_new_ones_and_keeps_unknown_versions(tmp_path):
+    path = tmp_path / "r.jsonl"
+    future = '{"v":99,"bucket":"mail","id":"future","key":"k-future"}'
+    path.write_text(V1_LINE + "\n" + future + "\n")
+    sink = JsonlRescueSink(path)
+    sink.write(records(prefix="new", n=1))
+    old, new = sink.read()  # the unknown version is skipped, not guessed at
+    assert old.task_id == "old" and old.key == "k-old"
+    assert old.data == {"i": 1, "blob": b"\x00\x01"}
+    assert (old.due_at, old.deadline_at) == (2004.0, 2040.0)
+    assert new.task_id == "new0" and new.data == DATA[0]
+    sink.remove([old])
+    lines = path.read_text().splitlines()
+    # A record this version cannot read stays, verbatim, for a version that can.
+    assert lines[0] == future
+    assert [t.task_id for t in sink.read()] == ["new0"]
+
+
+def test_jsonl_a_record_that_cannot_be_encoded_does_not_stop_the_others(tmp_path):
+    path = tmp_path / "r.jsonl"
+    sink = JsonlRescueSink(path)
+    good = records(prefix="g")
+    with pytest.raises(SinkWriteError) as caught:
+        sink.write(with_bad(good, 2))
+    assert ids(caught.value.failed) == ["bad"]
+    assert caught.value.written == len(good)
+    assert "'bad'" in str(caught.value)
+    stored = sink.read()
+    assert ids(stored) == ids(good)
+    assert all(same_task(want, got) for want, got in zip(good, stored, strict=True))
+    # Nothing encodable at all: nothing written, still reported.
+    with pytest.raises(SinkWriteError) as caught:
+        sink.write(with_bad([], 0))
+    assert caught.value.written == 0 and ids(caught.value.failed) == ["bad"]
+    assert len(sink.read()) == len(good)
+
+
+def test_jsonl_timeout_is_an_attribute_with_a_default(tmp_path):
+    assert JsonlRescueSink(tmp_path / "a.jsonl").timeout == 5.0
+    assert JsonlRescueSink(tmp_path / "b.jsonl", timeout=1.5).timeout == 1.5
+
+
 @pytest.mark.slow
 def test_jsonl_survives_a_process_killed_in_the_middle_of_writing(tmp_path):
     path = tmp_path / "crash.jsonl"
@@ -271,7 +354,9 @@ def test_redis_sink_stores_every_field_in_a_hash(redis_url):  # noqa: F811
         # What is in Redis: one JSON record per field, with the documented fields.
         for value in client.hvals("rescued:test"):
             raw = json.loads(value)
-            assert {"bucket", "id", "type", "data", "remaining_life"} <= set(raw)
+            assert {"v", "bucket", "id", "type", "due_at", "deadline_at", "remaining_life"} <= set(
+                raw
+            )
     finally:
         client.close()
         sink.close()
@@ -312,4 +397,167 @@ def test_redis_sink_skips_an_invalid_record(redis_url):  # noqa: F811
         assert [t.task_id for t in sink.read()] == ["ok0"]
     finally:
         client.close()
+        sink.close()
+
+
+def test_redis_a_record_that_cannot_be_encoded_does_not_stop_the_others(redis_url):  # noqa: F811
+    sink = RedisRescueSink(redis_url, "rescued:bad-data")
+    try:
+        good = records(prefix="g")
+        with pytest.raises(SinkWriteError) as caught:
+            sink.write(with_bad(good, 1))
+        assert ids(caught.value.failed) == ["bad"]
+        assert caught.value.written == len(good)
+        assert caught.value.__cause__ is None  # only the data failed: the sink is fine
+        assert sorted(ids(sink.read())) == sorted(ids(good))
+    finally:
+        sink.close()
+
+
+def test_redis_timeout_is_an_attribute_with_a_default(redis_url):  # noqa: F811
+    default, short = RedisRescueSink(redis_url), RedisRescueSink(redis_url, timeout=0.5)
+    try:
+        assert default.timeout == 2.0 and short.timeout == 0.5
+    finally:
+        default.close()
+        short.close()
+
+
+def test_redis_a_chunk_that_runs_after_its_fence_stores_nothing(redis_url, monkeypatch):  # noqa: F811
+    """The server runs a chunk after the client stopped waiting for it (here: the
+    client's clock is 10 s behind, the same as a command held 10 s by a frozen server)."""
+    sink = RedisRescueSink(redis_url, "rescued:fenced", timeout=1.0)
+    try:
+        monkeypatch.setattr(sinks_module, "_wall_clock", lambda: time.time() - 10.0)
+        with pytest.raises(SinkWriteError, match="fence") as caught:
+            sink.write(records())
+        assert caught.value.written == 0
+        assert ids(caught.value.failed) == ids(records())
+        monkeypatch.undo()
+        assert sink.read() == []
+    finally:
+        sink.close()
+
+
+def test_redis_writes_in_chunks_and_stops_when_its_budget_is_spent(redis_url, monkeypatch):  # noqa: F811
+    sink = RedisRescueSink(redis_url, "rescued:budget", timeout=1.0, chunk=2)
+    calls = 0
+
+    def clock() -> float:
+        # The write's start and its first chunk see the real clock; then time jumps
+        # past the write's budget (a slow chunk, as far as the sink can tell).
+        nonlocal calls
+        calls += 1
+        return time.time() + (0.0 if calls <= 2 else 100.0)
+
+    try:
+        sink.write(records(prefix="ok", n=5))  # 3 chunks, well inside the budget
+        monkeypatch.setattr(sinks_module, "_wall_clock", clock)
+        batch = records(prefix="b", n=6)
+        with pytest.raises(SinkWriteError, match="budget") as caught:
+            sink.write(batch)
+        assert caught.value.written == 2
+        assert ids(caught.value.failed) == ids(batch[2:])
+        monkeypatch.undo()
+        assert sorted(ids(sink.read())) == sorted([*ids(records(prefix="ok", n=5)), "b0", "b1"])
+    finally:
+        sink.close()
+
+
+# A Redis that dies or freezes ---------------------------------------------------------
+
+SLACK = 1.5  # scheduling on a loaded 2-core machine, on top of the sink's own timeout
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A redis-server process this test may kill or stop; always continued and stopped."""
+    proc, url = start_redis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+        _stop(proc)
+
+
+def timed_write(sink: RedisRescueSink, tasks: list[RescuedTask]) -> tuple[float, BaseException]:
+    """Run ``sink.write`` on a thread; return how long it took and what it raised."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            sink.write(tasks)
+            outcome.append(None)
+        except BaseException as error:
+            outcome.append(error)
+
+    writer = threading.Thread(target=run, daemon=True)
+    start = time.monotonic()
+    writer.start()
+    writer.join(WAIT)
+    elapsed = time.monotonic() - start
+    assert not writer.is_alive(), f"write() still blocked after {WAIT}s"
+    assert outcome[0] is not None, "write() returned although Redis cannot have stored it"
+    return elapsed, outcome[0]
+
+
+def eval_calls(client: Any) -> int:
+    stats = client.info("commandstats").get("cmdstat_eval", {})
+    return int(stats.get("calls", 0))
+
+
+def test_redis_sink_against_a_killed_server_raises_within_its_timeout(redis_server):
+    proc, url = redis_server
+    connected = RedisRescueSink(url, "rescued:killed", timeout=1.0)
+    fresh = RedisRescueSink(url, "rescued:killed", timeout=1.0)
+    try:
+        assert connected.read() == []  # a pooled connection to the server that dies
+        proc.kill()
+        proc.wait(WAIT)
+        for sink in (connected, fresh):
+            batch = records(prefix="k")
+            elapsed, error = timed_write(sink, batch)
+            assert isinstance(error, SinkWriteError), repr(error)
+            assert error.written == 0 and ids(error.failed) == ids(batch)
+            assert error.__cause__ is not None  # the sink failed, not the data
+            assert elapsed < sink.timeout + SLACK, elapsed
+    finally:
+        connected.close()
+        fresh.close()
+
+
+def test_redis_sink_against_a_frozen_server_raises_in_time_and_the_late_write_never_lands(
+    redis_server,
+):
+    import redis
+
+    proc, url = redis_server
+    sink = RedisRescueSink(url, "rescued:frozen", timeout=1.0)
+    probe = redis.Redis.from_url(url, socket_timeout=WAIT)
+    try:
+        assert sink.read() == []  # connected: the write is sent, the server just sits on it
+        evals_before = eval_calls(probe)
+        batch = records(prefix="f")
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            elapsed, error = timed_write(sink, batch)
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        assert isinstance(error, SinkWriteError), repr(error)
+        assert error.written == 0 and ids(error.failed) == ids(batch)
+        assert error.__cause__ is not None  # the sink failed, not the data
+        assert elapsed < sink.timeout + SLACK, elapsed
+        # Resumed, the server runs the command it received while frozen: wait until it
+        # did, then check it stored nothing (the caller has written these elsewhere).
+        deadline = time.monotonic() + WAIT
+        while eval_calls(probe) < evals_before + 1:
+            assert time.monotonic() < deadline, "the server never ran the late write"
+            time.sleep(0.02)  # polling another process's counter; the deadline decides
+        assert probe.hlen("rescued:frozen") == 0
+        # And the sink works again once the server does.
+        sink.write(batch)
+        assert sorted(ids(sink.read())) == sorted(ids(batch))
+    finally:
+        probe.close()
         sink.close()

@@ -84,7 +84,7 @@ def test_failed_bucket_actor_rescues_its_tasks_and_is_replaced(faulty_remove, tm
         assert bucket.join(WAIT)
         assert bucket.stats().finished == 1
     finally:
-        bucket.close(wait=False)
+        bucket.close(grace=0)
 
 
 def test_too_many_failures_stop_the_bucket_with_a_clear_error(faulty_remove):
@@ -99,4 +99,4 @@ def test_too_many_failures_stop_the_bucket_with_a_clear_error(faulty_remove):
                 bucket.fill(TaskType.IMMEDIATE, f"probe-{time.monotonic()}")
                 time.sleep(0.02)
     finally:
-        bucket.close(wait=False)
+        bucket.close(grace=0)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from conftest import WAIT
 
+import gobucket.actors.runtime as runtime_module
 from gobucket.actors.runtime import RuntimeActor
-from gobucket.actors.timers import TimerService
+from gobucket.actors.timers import Timer, TimerService
 
 
 class Inbox(RuntimeActor):
@@ -123,3 +127,177 @@ def test_stopped_service_never_fires_pending_timers(inbox):
     service.stop()
     time.sleep(0.15)  # past its due time: give a wrong delivery a chance
     assert received == []
+
+
+def wait_until(predicate: Callable[[], Any], what: str) -> None:
+    """Poll ``predicate`` until true, failing the test after WAIT seconds."""
+    deadline = time.monotonic() + WAIT
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+# --- far-future due times -------------------------------------------------------------
+
+
+def test_far_future_timers_do_not_kill_the_thread(timers, inbox):
+    """A wait past threading.TIMEOUT_MAX (~9.2e9 s) used to raise OverflowError in the thread."""
+    ref, received, wait_for = inbox
+    now = time.monotonic()
+    far = [
+        timers.schedule(now + threading.TIMEOUT_MAX * 10, ref, "far"),
+        timers.schedule(now + 1e300, ref, "farther"),
+        timers.schedule(math.inf, ref, "never"),
+    ]
+    wait_until(lambda: len(timers) == 3, "the far timers taken into the wheel")
+    time.sleep(0.05)  # the thread is now waiting on the earliest (far) one
+    timers.schedule(time.monotonic() + 0.02, ref, "near")
+    timers.schedule(-math.inf, ref, "past")
+    assert wait_for({"near", "past"})
+    assert timers.restarts == 0  # not rescued by the supervisor: the wait is capped
+    assert {m for m, _ in received} == {"near", "past"}
+    assert len(timers) == 3  # the far ones are kept...
+    for timer in far:
+        timers.cancel(timer)
+    timers.schedule(time.monotonic(), ref, "flush")  # wakes the thread to take cancels in
+    assert wait_for({"flush"})
+    assert len(timers) == 0  # ...and cancellable
+
+
+def test_nan_due_time_is_refused_by_the_caller(timers, inbox):
+    ref, _, wait_for = inbox
+    with pytest.raises(ValueError, match="NaN"):
+        timers.schedule(math.nan, ref, "nan")
+    timers.schedule(time.monotonic(), ref, "after")
+    assert wait_for({"after"})
+
+
+# --- supervision: a fault in the loop restarts it, keeping every timer ----------------
+
+
+@pytest.fixture
+def timer_errors(caplog):
+    caplog.set_level(logging.ERROR, logger="gobucket.timers")
+
+    def records() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "gobucket.timers"]
+
+    return records
+
+
+def fail_take(timers: TimerService, times: int) -> list[set[Any]]:
+    """Make the next ``times`` calls of the thread's ``_take`` raise; return wheel snapshots.
+
+    Each snapshot holds the messages in the wheel when a fault was injected.
+    """
+    real = timers._take
+    snapshots: list[set[Any]] = []
+
+    def take(timer: Timer) -> None:
+        if len(snapshots) < times:
+            snapshots.append({t.message for slot in timers._slots.values() for t in slot})
+            raise RuntimeError("injected timer fault")
+        real(timer)
+
+    timers._take = take  # type: ignore[method-assign]
+    return snapshots
+
+
+def test_fault_in_the_timer_loop_is_logged_and_every_timer_still_fires(timers, inbox, timer_errors):
+    ref, received, wait_for = inbox
+    # In the wheel before the fault (due well after it, even on a loaded machine).
+    wheel_due = time.monotonic() + 1.5
+    before = {f"wheel-{k}" for k in range(5)}
+    for name in sorted(before):
+        timers.schedule(wheel_due, ref, name)
+    wait_until(lambda: len(timers) == len(before), "the timers taken into the wheel")
+    snapshots = fail_take(timers, 1)
+    # The request whose taking-in faults: it stays in the deque and is taken in again.
+    timers.schedule(time.monotonic() + 0.01, ref, "in-flight")
+    wait_until(lambda: timers.restarts == 1, "the timer loop restarted")
+    assert snapshots == [before], "the fault hit after the wheel timers fired: too slow"
+    (record,) = timer_errors()
+    assert record.exc_info is not None and "injected timer fault" in str(record.exc_info[1])
+    # And a timer scheduled after the fault.
+    timers.schedule(time.monotonic() + 0.01, ref, "after")
+    assert wait_for(before | {"in-flight", "after"})
+    assert sorted(m for m, _ in received) == sorted(before | {"in-flight", "after"})
+    assert timers.restarts == 1
+    assert len(timers) == 0
+
+
+def test_timers_due_but_undelivered_when_the_loop_faults_are_delivered(
+    inbox, timer_errors, monkeypatch
+):
+    """A fault while delivering a batch: the rest of the batch is delivered after the restart.
+
+    The timer whose own delivery raised is not delivered again (at most once: it may
+    have reached its actor).
+    """
+    ref, received, wait_for = inbox
+    real_tell = runtime_module.tell_quietly
+    name = "test-timer-deliver"
+    gate = threading.Event()
+    in_gate = threading.Event()
+    pending: list[int] = []
+
+    class Fault(BaseException):
+        """Escapes the per-delivery ``except Exception``: it faults the loop itself."""
+
+    def tell(target: Any, message: Any) -> bool:
+        if threading.current_thread().name == name:
+            if message == "gate":  # hold the thread while the batch is scheduled
+                in_gate.set()
+                gate.wait(WAIT)
+            elif message == "boom":
+                pending.append(len(service._due))
+                raise Fault("injected delivery fault")
+        return real_tell(target, message)
+
+    # The loop looks tell_quietly up when it starts: patch it before the service starts.
+    monkeypatch.setattr(runtime_module, "tell_quietly", tell)
+    service = TimerService(name=name)
+    try:
+        service.schedule(time.monotonic(), ref, "gate")
+        assert in_gate.wait(WAIT)
+        # Both already due, "boom" one slot earlier: taken off the wheel in one go
+        # when the gate opens, "boom" delivered first.
+        now = time.monotonic()
+        service.schedule(now - 0.002, ref, "boom")
+        batch = {f"batch-{k}" for k in range(20)}
+        for message in sorted(batch):
+            service.schedule(now - 0.001, ref, message)
+        gate.set()
+        wait_until(lambda: service.restarts == 1, "the delivery fault restarting the loop")
+        assert pending == [len(batch)]
+        service.schedule(time.monotonic(), ref, "after")
+        assert wait_for(batch | {"gate", "after"})
+        assert sorted(m for m, _ in received) == sorted(batch | {"gate", "after"})
+        assert [r.exc_info[0] for r in timer_errors() if r.exc_info] == [Fault]
+        assert len(service) == 0
+    finally:
+        gate.set()
+        service.stop()
+
+
+def test_repeated_faults_back_off_and_lose_nothing(timers, inbox, timer_errors):
+    ref, received, wait_for = inbox
+    snapshots = fail_take(timers, 4)
+    timers.schedule(time.monotonic(), ref, "patient")
+    assert wait_for({"patient"})
+    assert len(snapshots) == 4
+    assert timers.restarts == 4
+    assert len(timer_errors()) == 4
+    timers.schedule(time.monotonic(), ref, "after")
+    assert wait_for({"after"})
+    assert [m for m, _ in received] == ["patient", "after"]
+
+
+def test_stop_ends_a_loop_that_keeps_faulting(inbox, timer_errors):
+    ref, _, _ = inbox
+    service = TimerService(name="test-timer-faulting")
+    fail_take(service, 10**9)
+    service.schedule(time.monotonic(), ref, "never-taken")
+    wait_until(lambda: service.restarts >= 3, "a few restarts")
+    service.stop()
+    assert not service._thread.is_alive()

@@ -19,6 +19,7 @@ from gobucket.errors import (
     TaskActorCrashedError,
     TaskNotFoundError,
 )
+from gobucket.executors.load import WorkLoad
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -35,7 +36,10 @@ class BucketStats:
     """A snapshot of a bucket's counters.
 
     ``alive`` tasks are in the bucket now; the others count ends and refusals
-    since the bucket was made.
+    since the bucket was made. ``running`` plain or async ``on_execute`` calls
+    run now, ``queued`` ones wait for a free hook worker, and ``overrunning``
+    ones still run although their task already ended (exhausted, drained or
+    rescued); an overrunning task's id cannot be filled again until it returns.
     """
 
     name: str
@@ -52,6 +56,9 @@ class BucketStats:
     crashed: int
     closed: bool
     handed_off: int = 0
+    running: int = 0
+    queued: int = 0
+    overrunning: int = 0
 
     @property
     def free(self) -> int:
@@ -68,11 +75,16 @@ class BucketActor(RuntimeActor):
     """Admits or refuses fills, frees ids when tasks end, answers rescue, supervises tasks."""
 
     def __init__(
-        self, config: BucketConfig, hooks: HookTable, supervisor_key: str | None = None
+        self,
+        config: BucketConfig,
+        hooks: HookTable,
+        supervisor_key: str | None = None,
+        load: WorkLoad | None = None,
     ) -> None:
         super().__init__()
         self.supervisor_key = supervisor_key
         self.config = config
+        self.load = load if load is not None else WorkLoad(config.name)
         self.spec = TaskSpec(
             self.actor_ref,
             hooks,
@@ -80,6 +92,7 @@ class BucketActor(RuntimeActor):
             config.verbose,
             config.max_retries,
             config.retry_backoff,
+            self.load,
         )
         self.tasks: dict[str, pykka.ActorRef[TaskActor]] = {}
         self.closed = False
@@ -107,8 +120,11 @@ class BucketActor(RuntimeActor):
         if kind is m.Count:
             return len(self.tasks)
         if kind is m.RescueAll:
-            refs = list(self.tasks.values())
-            return [ref.ask(m.PANIC, block=False) for ref in refs], refs
+            ask = m.SHED if message.shed else m.PANIC
+            return [
+                (task_id, ref, ref.ask(ask, block=False))
+                for task_id, ref in list(self.tasks.items())
+            ]
         if kind is m.ReserveAll:
             return [(ref, ref.ask(m.RESERVE, block=False)) for ref in list(self.tasks.values())]
         if kind is m.GetStats:
@@ -141,7 +157,7 @@ class BucketActor(RuntimeActor):
 
         tell_quietly(
             self.runtime.supervisor,
-            ChildFailed(self.supervisor_key, exception_value, list(self.tasks.values())),
+            ChildFailed(self.supervisor_key, exception_value, list(self.tasks.items())),
         )
 
     def _fill(self, msg: m.FillTask) -> None:
@@ -152,6 +168,22 @@ class BucketActor(RuntimeActor):
         if task_id in tasks:
             self._refused_dup += 1
             raise DuplicateTaskError(task_id, self.config.name)
+        if self.load.overrunning(task_id) is not None:
+            self._refused_dup += 1
+            self.load.warnings.warning(
+                "overrun-fill",
+                "[%s] a fill of task %r was refused: the on_execute of the ended task with "
+                "that id is still running",
+                self.config.name,
+                task_id,
+            )
+            raise DuplicateTaskError(
+                task_id,
+                self.config.name,
+                "task {task} ended{where} but its on_execute is still running (it overran its "
+                "life span, or was drained or rescued, and a plain hook cannot be stopped); "
+                "its id is free once on_execute returns",
+            )
         if len(tasks) >= self.config.max_bucket:
             self._refused_full += 1
             raise BucketFullError(
@@ -162,7 +194,14 @@ class BucketActor(RuntimeActor):
         if self.config.verbose:
             logger.info("[%s] task %s filled (%s)", self.config.name, task_id, msg.task_type.value)
         ref = TaskActor.start_on(
-            self.runtime, self.spec, task_id, msg.data, msg.task_type, run_after, msg.life_span
+            self.runtime,
+            self.spec,
+            task_id,
+            msg.data,
+            msg.task_type,
+            run_after,
+            msg.life_span,
+            exhausted=msg.exhausted,
         )
         tasks[task_id] = ref  # even if it already ended inline: its TaskEnded is queued
         self._filled += 1
@@ -225,6 +264,7 @@ class BucketActor(RuntimeActor):
 
     def _stats(self) -> BucketStats:
         c = self._counts
+        load = self.load.snapshot()
         return BucketStats(
             name=self.config.name,
             alive=len(self.tasks),
@@ -240,4 +280,7 @@ class BucketActor(RuntimeActor):
             crashed=self._crashed,
             closed=self.closed,
             handed_off=c[m.Outcome.HANDED_OFF],
+            running=load.running,
+            queued=load.queued,
+            overrunning=load.overrunning,
         )

@@ -11,6 +11,7 @@ import pykka
 from gobucket.config import TaskType
 
 __all__ = [
+    "Answer",
     "AwaitEmpty",
     "CloseBucket",
     "Contains",
@@ -28,6 +29,7 @@ __all__ = [
     "Panic",
     "RescueAll",
     "Retry",
+    "Shed",
     "TaskEnded",
     "TaskFailed",
 ]
@@ -78,7 +80,21 @@ class Drain:
 
 @dataclass(frozen=True, slots=True)
 class Panic:
-    """Rescue the task: run ``on_panic``; answered (True/False) once that hook returned."""
+    """Rescue the task: run ``on_panic``.
+
+    Answered at once with ``(record, ended)``: the task's
+    :class:`~gobucket.RescuedTask` if this panic rescues it (None if it was
+    already ending), and a future set once the task has ended (None if it had).
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Shed:
+    """Shutdown: rescue the task now if its work has not started, else leave it running.
+
+    A waiting time bomb, a retry wait, or an ``on_execute`` still queued for a
+    worker is rescued (answered like :class:`Panic`); anything else is answered None.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +135,7 @@ FIRE = Fire()
 EXPIRE = Expire()
 RETRY = Retry()
 RESERVE = Reserve()
+SHED = Shed()
 DRAIN = Drain()
 PANIC = Panic()
 EXECUTED_OK = HookDone(HookKind.EXECUTE)
@@ -129,13 +146,18 @@ END_OK = HookDone(HookKind.END)
 
 
 class FillTask(NamedTuple):
-    """Admit a task (answered with None, or an error)."""
+    """Admit a task (answered with None, or an error).
+
+    ``exhausted`` admits a task whose life span already ran out (a replayed
+    record): it ends through ``on_task_exhausted`` at once.
+    """
 
     task_type: TaskType
     task_id: str
     data: Any
     run_after: float
     life_span: float
+    exhausted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,9 +170,17 @@ class DrainTask:
 
 @dataclass(frozen=True, slots=True)
 class RescueAll:
-    """Send Panic to every live task; answered with their panic futures."""
+    """Send Panic (or, with ``shed``, Shed) to every live task.
 
+    Answered with ``[(task id, task ref, future of its answer)]``.
+    """
+
+    shed: bool = False
     reentrant = True  # safe to handle when a signal handler interrupts the bucket
+
+
+Answer = tuple[str, pykka.ActorRef[Any], pykka.Future[Any]]
+"""A task's id, its actor and the future of its answer to :class:`Panic` or :class:`Shed`."""
 
 
 class TaskEnded(NamedTuple):
@@ -206,3 +236,5 @@ class AwaitEmpty:
 @dataclass(frozen=True, slots=True)
 class CloseBucket:
     """Refuse further fills."""
+
+    reentrant = True  # only sets a flag: safe when a signal handler interrupts the bucket

@@ -21,6 +21,7 @@ from typing import Any
 import pykka
 
 from gobucket.actors import messages as m
+from gobucket.actors.messages import Answer
 from gobucket.actors.runtime import RuntimeActor
 
 __all__ = ["ChildFailed", "RootSupervisor", "Supervise"]
@@ -34,19 +35,19 @@ class Supervise:
 
     child: str
     factory: Callable[[], pykka.ActorRef[Any]]
-    restarted: Callable[[pykka.ActorRef[Any], list[pykka.Future[Any]]], None]
-    gave_up: Callable[[BaseException, list[pykka.Future[Any]]], None]
+    restarted: Callable[[pykka.ActorRef[Any], list[Answer]], None]
+    gave_up: Callable[[BaseException, list[Answer]], None]
     max_restarts: int = 3
     window: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
 class ChildFailed:
-    """A supervised child crashed; ``tasks`` are the refs of its live tasks."""
+    """A supervised child crashed; ``tasks`` are the ids and refs of its live tasks."""
 
     child: str
     error: BaseException | None
-    tasks: list[pykka.ActorRef[Any]] = field(default_factory=list)
+    tasks: list[tuple[str, pykka.ActorRef[Any]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +92,9 @@ class RootSupervisor(RuntimeActor):
         spec = child.spec
         # Rescue what the dead actor held: each task runs on_panic.
         panics = []
-        for ref in msg.tasks:
+        for task_id, ref in msg.tasks:
             try:
-                panics.append(ref.ask(m.PANIC, block=False))
+                panics.append((task_id, ref, ref.ask(m.PANIC, block=False)))
             except pykka.ActorDeadError:
                 continue
         now = time.monotonic()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pykka
 
 from gobucket.actors import messages as m
+from gobucket.actors._future import LatchFuture, done_future
 from gobucket.actors.runtime import RuntimeActor, tell_quietly
 from gobucket.config import TaskType
 from gobucket.context import TaskContext
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
     from gobucket.actors.timers import Timer
     from gobucket.executors.base import Hook, HookTable, RunHandle
+    from gobucket.executors.load import WorkLoad
 
 __all__ = ["TaskActor", "TaskSpec"]
 
@@ -38,12 +40,13 @@ ENDING = 3
 ENDED = 4
 HANDING = 5
 _LIVE = (WAITING, RUNNING, RETRY_WAIT, HANDING)
+_CUT_SHORT = (m.Outcome.EXHAUSTED, m.Outcome.PANICKED)
 
 
 class TaskSpec:
     """What every task of one bucket shares (one object per bucket, not per task)."""
 
-    __slots__ = ("backoff", "bucket", "hooks", "max_retries", "name", "verbose")
+    __slots__ = ("backoff", "bucket", "hooks", "load", "max_retries", "name", "verbose")
 
     def __init__(
         self,
@@ -53,8 +56,10 @@ class TaskSpec:
         verbose: bool,
         max_retries: int,
         backoff: float,
+        load: WorkLoad,
     ) -> None:
         self.bucket = bucket
+        self.load = load
         self.hooks = hooks
         self.name = name
         self.verbose = verbose
@@ -80,6 +85,7 @@ class TaskActor(RuntimeActor):
         life_span: float,
         filled_at: float | None = None,
         crashed: BaseException | None = None,
+        exhausted: bool = False,
     ) -> None:
         super().__init__()
         now = _monotonic() if filled_at is None else filled_at
@@ -95,12 +101,16 @@ class TaskActor(RuntimeActor):
         self._running: RunHandle | None = None
         self._waiters: list[pykka.Future[Any]] | None = None
         self._crashed = crashed
+        self._exhausted = exhausted
 
     # lifecycle -------------------------------------------------------------------
     def on_start(self) -> None:
         """Arm the life-span timer, then run at once or arm the ``run_after`` timer."""
         if self._crashed is not None:
             self._end(m.Outcome.EXECUTE_ERROR, self._crashed)
+            return
+        if self._exhausted:
+            self._end(m.Outcome.EXHAUSTED)  # its life span ran out before it was filled
             return
         timers = self.runtime.timers
         ctx = self.ctx
@@ -163,6 +173,8 @@ class TaskActor(RuntimeActor):
             return self._drain(message.reply)
         if kind is m.Panic:
             return self._panic()
+        if kind is m.Shed:
+            return self._shed()
         if kind is m.Reserve:
             return self._reserve()
         if kind is m.Release:
@@ -198,6 +210,7 @@ class TaskActor(RuntimeActor):
         ctx = self.ctx
         ctx.attempt += 1
         entry = self.spec.hooks.execute
+        ctx._started = False
         if self.spec.verbose:
             logger.info(
                 "[%s] task %s executing (attempt %d)", self.spec.name, self.task_id, ctx.attempt
@@ -235,6 +248,13 @@ class TaskActor(RuntimeActor):
     def _end(
         self, outcome: m.Outcome, error: BaseException | None = None, *, urgent: bool = False
     ) -> None:
+        if (
+            outcome in _CUT_SHORT
+            and self.state == RUNNING
+            and self.ctx._started
+            and self._running is None
+        ):
+            self._warn_overrun(outcome.value)
         self.state = ENDING
         self.outcome = outcome
         # Only an end that cuts the task short cancels its context.
@@ -278,9 +298,8 @@ class TaskActor(RuntimeActor):
         assert self.outcome is not None
         tell_quietly(self.spec.bucket, m.TaskEnded(self.task_id, self.outcome))
         if self._waiters:
-            rescued: Any = self._record() if self.outcome is m.Outcome.PANICKED else False
             for waiter in self._waiters:
-                waiter.set(rescued)
+                waiter.set(True)
         self._stop()
 
     def _drain(self, reply: pykka.Future[Any] | None) -> bool:
@@ -289,6 +308,8 @@ class TaskActor(RuntimeActor):
                 err = TaskNotFoundError(self.task_id, "is already ending")
                 reply.set_exception((type(err), err, None))
             return False
+        if self.state == RUNNING and self.ctx._started and self._running is None:
+            self._warn_overrun("drained")
         self.state = ENDED
         self.outcome = m.Outcome.DRAINED
         self._disarm()
@@ -299,17 +320,41 @@ class TaskActor(RuntimeActor):
         self._stop()
         return True
 
-    def _panic(self) -> Any:
+    def _panic(self) -> tuple[RescuedTask | None, pykka.Future[Any] | None]:
+        """Rescue: answer the record at once, and a future set once the task ended."""
         if self.state == ENDED:
-            return False
-        waiter = self.defer_reply()
-        if waiter is not None:
-            if self._waiters is None:
-                self._waiters = []
-            self._waiters.append(waiter)
+            return None, None
+        record = None
         if self.state in _LIVE:
+            record = self._record()
             self._end(m.Outcome.PANICKED, urgent=True)
+        if self.state == ENDED:  # no on_panic hook: ended on the spot
+            return record, done_future(True)
+        ended: LatchFuture[Any] = LatchFuture()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(ended)
+        return record, ended
+
+    def _shed(self) -> tuple[RescuedTask | None, pykka.Future[Any] | None] | None:
+        """Shutdown: rescue at once unless ``on_execute`` has really started."""
+        state = self.state
+        if state in (WAITING, RETRY_WAIT):
+            return self._panic()
+        if state == RUNNING and self.spec.load.cancel_unstarted(self.ctx):
+            return self._panic()  # still queued for a worker: it never starts
         return None
+
+    def _warn_overrun(self, how: str) -> None:
+        self.spec.load.warnings.warning(
+            "overrun",
+            "[%s] task %s was %s while its plain on_execute is still running (it cannot be "
+            "stopped); its id stays reserved until on_execute returns. Make long hooks watch "
+            "ctx.cancelled, or use async def hooks",
+            self.spec.name,
+            self.task_id,
+            how,
+        )
 
     def _record(self) -> RescuedTask:
         """What a rescue sink stores of this task."""
@@ -352,7 +397,10 @@ class TaskActor(RuntimeActor):
         urgent: bool = False,
     ) -> RunHandle | None:
         fn, is_async = entry
+        load = self.spec.load if kind is m.HookKind.EXECUTE else None
         if is_async:
-            return self.runtime.async_runner.submit(fn, args, self.actor_ref, kind, urgent=urgent)
-        self.runtime.threads.submit(fn, args, self.actor_ref, kind, urgent=urgent)
+            return self.runtime.async_runner.submit(
+                fn, args, self.actor_ref, kind, urgent=urgent, load=load
+            )
+        self.runtime.threads.submit(fn, args, self.actor_ref, kind, urgent=urgent, load=load)
         return None

@@ -13,6 +13,7 @@ import pykka
 
 from gobucket.actors.messages import HookKind
 from gobucket.executors.base import never_started, report
+from gobucket.executors.load import WorkLoad
 
 __all__ = ["AsyncHookRunner"]
 
@@ -45,9 +46,14 @@ class AsyncHookRunner:
         kind: HookKind,
         *,
         urgent: bool = False,
+        load: WorkLoad | None = None,
     ) -> concurrent.futures.Future[None]:
-        """Start ``fn(*args)`` on the loop; cancel the returned future to cancel the hook."""
-        return asyncio.run_coroutine_threadsafe(_call(fn, args, reply_to, kind), self.loop)
+        """Start ``fn(*args)`` on the loop; cancel the returned future to cancel the hook.
+
+        ``load`` (for ``on_execute``) counts the call as running while it runs
+        (it is never queued: the loop starts it at once).
+        """
+        return asyncio.run_coroutine_threadsafe(_call(fn, args, reply_to, kind, load), self.loop)
 
     def stop(self) -> None:
         """Stop the loop (running hooks are abandoned)."""
@@ -61,15 +67,29 @@ async def _call(
     args: tuple[Any, ...],
     reply_to: pykka.ActorRef[Any],
     kind: HookKind,
+    load: WorkLoad | None,
 ) -> None:
-    if never_started(kind, args):
+    ctx = args[0] if load is not None else None
+    if ctx is not None:
+        assert load is not None
+        if not load.begin(ctx, queued=False):
+            return
+    elif never_started(kind, args):
         return
     try:
         await fn(*args)
     except asyncio.CancelledError as error:
+        _ended(load, ctx)
         report(reply_to, kind, error)
         raise
     except BaseException as error:
+        _ended(load, ctx)
         report(reply_to, kind, error)
     else:
+        _ended(load, ctx)
         report(reply_to, kind, None)
+
+
+def _ended(load: WorkLoad | None, ctx: Any) -> None:
+    if load is not None and ctx is not None:
+        load.end(ctx)

@@ -6,12 +6,15 @@
 * :class:`rescue_on_error`, :func:`install_signal_handlers` — arm rescue for a process.
 """
 
-from gobucket.recovery.arm import install_signal_handlers, rescue_on_error
+from gobucket.recovery.arm import EXIT_RESCUE_INCOMPLETE, install_signal_handlers, rescue_on_error
+from gobucket.recovery.collect import DEFAULT_FALLBACK_PATH
 from gobucket.recovery.record import RescuedTask
 from gobucket.recovery.replay import replay
 from gobucket.recovery.sinks import JsonlRescueSink, RedisRescueSink, RescueSink
 
 __all__ = [
+    "DEFAULT_FALLBACK_PATH",
+    "EXIT_RESCUE_INCOMPLETE",
     "JsonlRescueSink",
     "RedisRescueSink",
     "RescueSink",

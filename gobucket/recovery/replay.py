@@ -1,8 +1,9 @@
-"""replay(): fill rescued tasks back, at least once."""
+"""replay(): fill rescued tasks back, at least once, on their original wall-clock schedule."""
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from gobucket.config import TaskType
@@ -18,9 +19,24 @@ __all__ = ["replay"]
 
 logger = logging.getLogger("gobucket.recovery")
 
+_REMOVE_BATCH = 256
+
 
 def replay(sink: RescueSink, target: TaskBucket | TaskBucketGroup) -> int:
     """Fill every task stored in ``sink`` back into ``target``; return how many were filled.
+
+    Time is wall-clock time: a record carries its absolute ``due_at`` and
+    ``deadline_at``, and the time the process was down counts. For each task,
+    at the moment it is filled:
+
+    * its life span ran out (``deadline_at`` passed) → it is filled as exhausted
+      and ends through ``on_task_exhausted`` at once (counted as filled) — never
+      dropped silently;
+    * a time bomb still due in the future → a time bomb that runs at its
+      original ``due_at``;
+    * otherwise (immediate, started, or due during the downtime) → it runs now;
+
+    and its life span ends at its original ``deadline_at`` in every case.
 
     Each task is removed from the sink only once ``target`` accepted it, so a
     crash during replay loses nothing — but a task filled just before such a
@@ -35,29 +51,10 @@ def replay(sink: RescueSink, target: TaskBucket | TaskBucketGroup) -> int:
     delivered: list[RescuedTask] = []
     try:
         for task in sink.read():
-            run_after = task.remaining_wait if task.task_type is TaskType.TIME_BOMB else 0.0
-            task_type = TaskType.TIME_BOMB if run_after > 0 else TaskType.IMMEDIATE
-            life = max(task.remaining_life, run_after + 0.001, 0.001)
+            if isinstance(target, TaskBucket) and task.bucket != target.name:
+                continue
             try:
-                if isinstance(target, TaskBucket):
-                    if task.bucket != target.name:
-                        continue
-                    target.fill(
-                        task_type,
-                        task.task_id,
-                        task.data,
-                        run_after=run_after or None,
-                        life_span=life,
-                    )
-                else:
-                    target.fill(
-                        task.bucket,
-                        task.task_id,
-                        task.data,
-                        task_type=task_type,
-                        run_after=run_after or None,
-                        life_span=life,
-                    )
+                _fill(target, task)
             except DuplicateTaskError:
                 delivered.append(task)
                 continue
@@ -69,10 +66,42 @@ def replay(sink: RescueSink, target: TaskBucket | TaskBucketGroup) -> int:
                 continue
             filled += 1
             delivered.append(task)
-            if len(delivered) >= 256:
+            if len(delivered) >= _REMOVE_BATCH:
                 sink.remove(delivered)
                 delivered = []
     finally:
         if delivered:
             sink.remove(delivered)
     return filled
+
+
+def _fill(target: TaskBucket | TaskBucketGroup, task: RescuedTask) -> None:
+    """Fill one record into ``target`` on its wall-clock schedule (raises as ``fill`` does)."""
+    from gobucket.bucket import TaskBucket
+
+    now = time.time()
+    due_at = task.due_at if task.due_at is not None else task.rescued_at + task.remaining_wait
+    deadline_at = (
+        task.deadline_at if task.deadline_at is not None else task.rescued_at + task.remaining_life
+    )
+    life = deadline_at - now
+    wait = due_at - now if task.task_type is TaskType.TIME_BOMB else 0.0
+    # A time bomb whose deadline comes before its due time would have been exhausted
+    # before it ran (only hand-made records do this): the same outcome, now.
+    if life <= 0 or (wait > 0 and life <= wait):
+        bucket = target if isinstance(target, TaskBucket) else target.get_bucket(task.bucket)
+        bucket._fill_exhausted(task.task_type, task.task_id, task.data)
+        return
+    kind = TaskType.TIME_BOMB if wait > 0 else TaskType.IMMEDIATE
+    run_after = wait if wait > 0 else None
+    if isinstance(target, TaskBucket):
+        target.fill(kind, task.task_id, task.data, run_after=run_after, life_span=life)
+    else:
+        target.fill(
+            task.bucket,
+            task.task_id,
+            task.data,
+            task_type=kind,
+            run_after=run_after,
+            life_span=life,
+        )

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         elif cmd == "stop":
             break
     group.stop()
-    bucket.close(wait=False)
+    bucket.close(grace=0)
     _emit({"event": "stopped"})
     return 0
 

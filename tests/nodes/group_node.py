@@ -50,7 +50,7 @@ def main() -> None:
                 print(f"LEN {len(bucket)}", flush=True)
     finally:
         group.stop()
-        bucket.close(wait=False, timeout=1.0)
+        bucket.close(grace=0)
 
 
 if __name__ == "__main__":

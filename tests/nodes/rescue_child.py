@@ -153,7 +153,7 @@ def replay_mode(args: argparse.Namespace) -> None:
         present = sorted(t.task_id for t in stored if t.task_id in bucket)
         say(json.dumps({"filled": filled, "present": present, "left": len(sink.read())}))
     finally:
-        bucket.close(wait=False)
+        bucket.close(grace=0)
 
 
 def write_loop(args: argparse.Namespace) -> None:

@@ -1,0 +1,133 @@
+"""WorkLoad: what one bucket's ``on_execute`` calls are doing on the hook runners.
+
+A bucket needs to know three things its actors cannot see by themselves:
+
+* how many ``on_execute`` calls wait for a worker (*queued*) and how many run
+  (*running*), so that saturation shows in ``stats()``;
+* whether a task's ``on_execute`` has really started, so that a shutdown can
+  rescue a task still queued for a worker at once instead of waiting for it;
+* which ids still have an ``on_execute`` running after their task ended
+  (*overrunning*: exhausted, drained or rescued while a plain hook could not be
+  stopped), so that the same id is not filled and run twice at once.
+
+The runner and the task's actor race on one question: "has this run started?"
+The worker asks :meth:`WorkLoad.begin` before it calls the hook; the actor asks
+:meth:`WorkLoad.cancel_unstarted` before it treats a run as never started.
+Both answer under one small lock, so exactly one of them wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gobucket.context import TaskContext
+
+__all__ = ["LoadSnapshot", "RateLimitedLog", "WorkLoad"]
+
+logger = logging.getLogger("gobucket.executors")
+
+
+class RateLimitedLog:
+    """Logs a warning at most once per ``interval`` seconds per key, counting the rest."""
+
+    __slots__ = ("_interval", "_last", "_lock", "_suppressed")
+
+    def __init__(self, interval: float = 30.0) -> None:
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def warning(self, key: str, message: str, *args: object) -> None:
+        """Log ``message % args`` unless ``key`` was logged less than ``interval`` ago."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self._interval:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return
+            self._last[key] = now
+            suppressed = self._suppressed.pop(key, 0)
+        if suppressed:
+            message += " (%d similar warning(s) suppressed)"
+            args = (*args, suppressed)
+        logger.warning(message, *args)
+
+
+class LoadSnapshot:
+    """Counts read from a :class:`WorkLoad` at one instant."""
+
+    __slots__ = ("overrunning", "queued", "running")
+
+    def __init__(self, queued: int, running: int, overrunning: int) -> None:
+        self.queued = queued
+        self.running = running
+        self.overrunning = overrunning
+
+
+class WorkLoad:
+    """One bucket's ``on_execute`` calls: queued, running, and overrunning ids."""
+
+    __slots__ = ("_lock", "_queued", "_running", "name", "warnings")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._queued = 0
+        self._running: dict[str, TaskContext] = {}
+        self.warnings = RateLimitedLog()
+
+    def submitted(self) -> None:
+        """An ``on_execute`` call was queued for a worker."""
+        with self._lock:
+            self._queued += 1
+
+    def begin(self, ctx: TaskContext, *, queued: bool = True) -> bool:
+        """A worker is about to call ``on_execute``; False if its task already ended.
+
+        ``queued`` says the call was counted by :meth:`submitted`.
+        """
+        with self._lock:
+            if queued:
+                self._queued -= 1
+            if ctx._cancelled:
+                return False  # drained, exhausted or rescued while it waited
+            ctx._started = True
+            self._running[ctx.task_id] = ctx
+            return True
+
+    def end(self, ctx: TaskContext) -> None:
+        """The ``on_execute`` call of ``ctx`` returned or raised."""
+        with self._lock:
+            if self._running.get(ctx.task_id) is ctx:
+                del self._running[ctx.task_id]
+
+    def cancel_unstarted(self, ctx: TaskContext) -> bool:
+        """Cancel ``ctx`` if its ``on_execute`` has not started; True if it was cancelled.
+
+        After True, no worker will start it (``begin`` sees the cancel).
+        """
+        with self._lock:
+            if ctx._started:
+                return False
+            ctx._cancel()
+            return True
+
+    def overrunning(self, task_id: str) -> TaskContext | None:
+        """The context of ``task_id`` if its ``on_execute`` still runs after its task ended."""
+        ctx = self._running.get(task_id)
+        if ctx is not None and ctx._cancelled:
+            return ctx
+        return None
+
+    def snapshot(self) -> LoadSnapshot:
+        """The current counts."""
+        with self._lock:
+            running = list(self._running.values())
+            queued = self._queued
+        overrunning = sum(1 for ctx in running if ctx._cancelled)
+        return LoadSnapshot(max(0, queued), len(running), overrunning)
