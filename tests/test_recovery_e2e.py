@@ -145,7 +145,7 @@ def replay_here(sink: Any, expected: int) -> None:
         assert all(t.task_id in bucket for t in stored)
         assert sink.read() == []
     finally:
-        closer = threading.Thread(target=bucket.close, kwargs={"wait": False}, daemon=True)
+        closer = threading.Thread(target=bucket.close, kwargs={"grace": 0}, daemon=True)
         closer.start()
         closer.join(WAIT)
         assert not closer.is_alive(), "close() hung"

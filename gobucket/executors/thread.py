@@ -63,6 +63,7 @@ class ThreadHookRunner:
         self._urgent: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._idle = 0  # execute workers waiting for a job
+        self._backlog = 0  # execute jobs queued and not yet taken by a worker
         self._end_idle = 0  # end workers waiting for a job
         self._extra = 0  # short-lived end threads running now
         self._extra_max = extra_end_workers
@@ -99,9 +100,12 @@ class ThreadHookRunner:
         """
         job = (fn, args, reply_to, kind, load)
         if kind is _EXECUTE:
+            with self._lock:
+                self._backlog += 1
+                waits = self._backlog > self._idle  # more calls queued than idle workers
             if load is not None:
                 load.submitted()
-                if self._idle <= 0:
+                if waits:
                     self._warnings.warning(
                         "saturated",
                         "all %d hook workers are busy running on_execute: calls now wait for a "
@@ -205,6 +209,8 @@ class ThreadHookRunner:
             job = jobs.get()
             with lock:
                 self._idle -= 1
+                if job is not None:
+                    self._backlog -= 1
             if job is None:
                 if self._stopping:
                     return

@@ -45,6 +45,8 @@ logger = logging.getLogger("gobucket.recovery")
 CHUNK = 1000
 """Records per sink write; each write is bounded by the sink's timeout."""
 
+_MARGIN = 0.5
+
 DEFAULT_SINK_TIMEOUT = 5.0
 """How long a write may take for a sink that does not say (its ``timeout`` attribute)."""
 
@@ -178,6 +180,8 @@ def store(
         elif isinstance(error, SinkWriteError):
             stored += error.written
             failed.extend(error.failed)
+            if error.__cause__ is not None:  # the sink itself failed, not only some records
+                problem = repr(error.__cause__)
         else:
             problem = repr(error)
             failed.extend(chunk)
@@ -215,7 +219,9 @@ def _write_bounded(sink: RescueSink, chunk: list[RescuedTask], timeout: float) -
 
     thread = threading.Thread(target=write, name="gobucket-sink-write", daemon=True)
     thread.start()
-    if not done.wait(timeout):
+    # A sink bounds its own writes by ``timeout``; the margin lets it answer
+    # exactly what it stored instead of us guessing "nothing".
+    if not done.wait(timeout + _MARGIN):
         return TimeoutError(f"no answer within {timeout:g}s")
     return outcome[0]
 

@@ -99,7 +99,7 @@ def check_storable(data: Any) -> None:
         raise _unstorable(data, error) from error
 
 
-def encode_data(data: Any) -> dict[str, Any]:
+def _encode_data(data: Any) -> dict[str, Any]:
     """The v2 fields carrying ``data``: ``{"data": ...}`` or ``{"data_msgpack": "<b64>"}``.
 
     Raises:
@@ -174,7 +174,7 @@ class RescuedTask:
             "remaining_wait": self.remaining_wait,
             "rescued_at": self.rescued_at,
         }
-        raw.update(encode_data(self.data))
+        raw.update(_encode_data(self.data))
         return raw
 
     @classmethod
