@@ -124,7 +124,7 @@ def section_imm_gobucket(n: int) -> dict[str, Any]:
     t1 = time.perf_counter()
     left = len(bucket)
     stats = bucket.stats()
-    bucket.close(timeout=5.0)
+    bucket.close(grace=5.0)
     return {
         "n": n,
         "seconds": t1 - t0,
@@ -180,7 +180,7 @@ def section_tb_gobucket(n: int) -> dict[str, Any]:
     emptied = bucket.join(lead + TB_SPREAD + 60.0)
     done_at = now()
     stats = bucket.stats()
-    bucket.close(timeout=5.0)
+    bucket.close(grace=5.0)
     values = sorted(late)
     return {
         "n": n,
@@ -231,7 +231,7 @@ def section_drain_gobucket(n: int) -> dict[str, Any]:
     t2 = time.perf_counter()
     alive_after = len(bucket)
     stats = bucket.stats()
-    bucket.close(timeout=5.0)
+    bucket.close(grace=5.0)
     return {
         "n": n,
         "fill_rate": n / (t_filled - t0),

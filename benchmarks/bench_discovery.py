@@ -252,7 +252,7 @@ class LocalObserver:
 
     def close(self) -> None:
         self.group.stop()
-        self.bucket.close(wait=False)
+        self.bucket.close(grace=0)
 
 
 def up_with_loads(peers: list[dict[str, Any]], node_id: str) -> bool:

@@ -12,7 +12,8 @@ Modes (the first argument):
 ``churn``
     ``--threads`` filler threads fill at full speed a seeded random mix of immediate
     tasks, tasks whose ``on_execute`` raises, and time bombs (``run_after`` 0.01–2 s);
-    each filler also drains some of its own time bombs. Per filler, ``--out/filler-<t>``
+    each filler also drains some of its own time bombs. Ids are ``t<thread>-<n><tag>``,
+    the tag ``i`` (immediate), ``r`` (raises) or ``b`` (time bomb). Per filler, ``--out/filler-<t>``
     gets ``a <id>`` before each fill, ``k <id>`` after it returned, ``d <id>`` before a
     drain, ``D <id>`` after it returned, ``m <id>`` when it raised TaskNotFoundError,
     and ``! <error>`` for anything unexpected. The end hooks append to ``--out/ends``:
@@ -206,14 +207,19 @@ def churn(args: argparse.Namespace) -> None:
         try:
             while True:
                 n += 1
-                tid = f"t{t}-{n}"
                 roll = rng.random()
                 if roll < 0.45:
-                    kind, data, after = TaskType.IMMEDIATE, {"k": "ok"}, None
+                    kind, data, after, tag = TaskType.IMMEDIATE, {"k": "ok"}, None, "i"
                 elif roll < 0.55:
-                    kind, data, after = TaskType.IMMEDIATE, {"k": "raise"}, None
+                    kind, data, after, tag = TaskType.IMMEDIATE, {"k": "raise"}, None, "r"
                 else:
-                    kind, data, after = TaskType.TIME_BOMB, {"k": "ok"}, rng.uniform(0.01, 2.0)
+                    kind, data, after, tag = (
+                        TaskType.TIME_BOMB,
+                        {"k": "ok"},
+                        rng.uniform(0.01, 2.0),
+                        "b",
+                    )
+                tid = f"t{t}-{n}{tag}"  # the tag says which end it may take
                 os.write(fd, f"a {tid}\n".encode())
                 try:
                     bucket.fill(kind, tid, data, run_after=after)
