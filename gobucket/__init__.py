@@ -9,7 +9,7 @@ from gobucket.actors.bucket import BucketStats
 from gobucket.actors.group import PeerInfo, Placement
 from gobucket.actors.messages import Outcome
 from gobucket.actors.runtime import ActorRuntime, default_runtime
-from gobucket.bucket import TaskBucket
+from gobucket.bucket import MAX_TASK_ID, TaskBucket
 from gobucket.config import MAX_DURATION, BucketConfig, TaskType
 from gobucket.context import TaskContext
 from gobucket.errors import (
@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_FALLBACK_PATH",
     "EXIT_RESCUE_INCOMPLETE",
     "MAX_DURATION",
+    "MAX_TASK_ID",
     "ActorRuntime",
     "BucketClosedError",
     "BucketConfig",

@@ -32,7 +32,7 @@ from gobucket.recovery.collect import RescueReport, default_fallback, rescue_pas
 from gobucket.recovery.record import check_storable
 from gobucket.recovery.sinks import JsonlRescueSink, RescueSink
 
-__all__ = ["TaskBucket", "validate_task_id"]
+__all__ = ["MAX_TASK_ID", "TaskBucket", "validate_task_id"]
 
 logger = logging.getLogger("gobucket")
 
@@ -40,12 +40,23 @@ _RESCUE_PASSES = 10
 """Rescue rounds at shutdown before giving up on tasks that keep appearing (crash restarts)."""
 
 
+MAX_TASK_ID = 1024
+"""The longest task id accepted, in bytes of UTF-8 (at ``fill`` and over the wire)."""
+
+
 def validate_task_id(task_id: object) -> str:
-    """Return ``task_id`` if it is a non-empty string, else raise InvalidArgumentError."""
+    """Return ``task_id`` if it is a non-empty string of at most 1 KiB, else raise."""
     if not isinstance(task_id, str):
         raise InvalidArgumentError(f"task id must be a str, not {type(task_id).__name__}")
     if not task_id:
         raise InvalidArgumentError("task id must be a non-empty string")
+    if len(task_id) > MAX_TASK_ID // 4 and len(task_id.encode("utf-8", "surrogatepass")) > (
+        MAX_TASK_ID
+    ):
+        raise InvalidArgumentError(
+            f"task id is {len(task_id.encode('utf-8', 'surrogatepass'))} bytes long; "
+            f"the limit is {MAX_TASK_ID} bytes (UTF-8)"
+        )
     return task_id
 
 

@@ -442,3 +442,18 @@ def test_a_bucket_can_run_on_its_own_runtime(recorder):
         assert recorder.ends("a") == ["on_finish"]
     finally:
         runtime.shutdown()
+
+
+def test_task_ids_are_at_most_one_kib_of_utf8(recorder):
+    bucket = TaskBucket(BucketConfig(life_span=60.0, run_after=30.0), RecordingExecutor(recorder))
+    try:
+        bucket.fill(TaskType.TIME_BOMB, "x" * gobucket.MAX_TASK_ID)
+        assert gobucket.MAX_TASK_ID == 1024
+        with pytest.raises(InvalidArgumentError, match="1025 bytes"):
+            bucket.fill(TaskType.TIME_BOMB, "y" * 1025)
+        with pytest.raises(InvalidArgumentError, match="limit is 1024"):
+            bucket.fill(TaskType.TIME_BOMB, "é" * 513)  # 1026 bytes of UTF-8
+        bucket.fill(TaskType.TIME_BOMB, "é" * 512)  # exactly 1024 bytes
+        assert len(bucket) == 2
+    finally:
+        bucket.close(grace=0)

@@ -134,6 +134,10 @@ def gather(
         except pykka.Timeout:
             pending.append((task_id, None))
             continue
+        except Exception:
+            logger.exception("rescuing task %r failed", task_id)
+            pending.append((task_id, None))
+            continue
         if answer is None:
             continue  # Shed: its work has started, it is left running
         record, ended = answer
