@@ -92,7 +92,8 @@ class Child:
         self._log.close()
 
     def stderr(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log.read_text(errors="replace")
 
 

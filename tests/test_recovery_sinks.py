@@ -257,10 +257,39 @@ def test_jsonl_reads_old_format_lines_next_to_new_ones_and_keeps_unknown_version
     assert (old.due_at, old.deadline_at) == (2004.0, 2040.0)
     assert new.task_id == "new0" and new.data == DATA[0]
     sink.remove([old])
+    assert [t.task_id for t in sink.read()] == ["new0"]
+    sink.remove([new])  # every record read is gone: the file is compacted
     lines = path.read_text().splitlines()
     # A record this version cannot read stays, verbatim, for a version that can.
-    assert lines[0] == future
-    assert [t.task_id for t in sink.read()] == ["new0"]
+    assert lines == [future]
+
+
+def test_jsonl_remove_appends_a_tombstone_instead_of_rewriting(tmp_path):
+    path = tmp_path / "r.jsonl"
+    sink = JsonlRescueSink(path)
+    sink.write(records(prefix="t", n=4))
+    first, second, *_ = sink.read()
+    size = path.stat().st_size
+    sink.remove([first])
+    text = path.read_text()
+    assert text.startswith(path.read_text()[:size])  # appended, nothing rewritten
+    assert '"removed":["' + first.key + '"]' in text.splitlines()[-1]
+    assert [t.task_id for t in JsonlRescueSink(path).read()] == ["t1", "t2", "t3"]
+    sink.remove([second])
+    assert len(JsonlRescueSink(path).read()) == 2
+
+
+def test_jsonl_replaying_a_large_file_takes_linear_time(tmp_path):
+    path = tmp_path / "r.jsonl"
+    sink = JsonlRescueSink(path)
+    sink.write(records(prefix="big", n=20_000))
+    loaded = sink.read()
+    started = time.monotonic()
+    for start in range(0, len(loaded), 256):  # what replay() does
+        sink.remove(loaded[start : start + 256])
+    assert time.monotonic() - started < 10.0  # was ~20 s: a full rewrite per batch
+    assert sink.read() == []
+    assert path.read_text() == ""  # compacted once everything was removed
 
 
 def test_jsonl_a_record_that_cannot_be_encoded_does_not_stop_the_others(tmp_path):

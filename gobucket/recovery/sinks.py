@@ -104,6 +104,9 @@ class JsonlRescueSink:
 
     A crash in the middle of a write leaves at most one torn last line, which
     :meth:`read` skips (with a warning); every line written before it survives.
+    :meth:`remove` appends a tombstone line naming the removed records (cheap,
+    whatever the file's size); once every record read was removed, the file is
+    compacted.
 
     Args:
         path: the file (created with mode 0600 when missing).
@@ -115,6 +118,7 @@ class JsonlRescueSink:
         self.path = os.fspath(path)
         self.timeout = timeout
         self._lock = threading.Lock()
+        self._live: set[str] | None = None  # keys read and not removed since
 
     def write(self, tasks: Sequence[RescuedTask]) -> None:
         """Append and fsync (one fsync for the whole batch).
@@ -154,16 +158,19 @@ class JsonlRescueSink:
     def read(self) -> list[RescuedTask]:
         """Every complete record in the file (both record formats)."""
         with self._lock:
-            return [task for _, _, task in self._lines() if task is not None]
+            tasks = [task for _, _, task in self._lines() if task is not None]
+            self._live = {task.key for task in tasks}
+            return tasks
 
     def _lines(self) -> list[tuple[str, str, RescuedTask | None]]:
-        """(key, line, record) for every line that is a JSON object; record None if unreadable."""
+        """(key, line, record) for every record line not removed; record None if unreadable."""
         try:
             with open(self.path, encoding="utf-8", errors="replace") as handle:
                 lines = handle.read().splitlines()
         except FileNotFoundError:
             return []
         out: list[tuple[str, str, RescuedTask | None]] = []
+        removed: set[str] = set()
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
@@ -175,25 +182,41 @@ class JsonlRescueSink:
             if not isinstance(raw, dict):
                 logger.warning("%s:%d: skipping a line that is not a record", self.path, number)
                 continue
+            tombstone = raw.get("removed")
+            if isinstance(tombstone, list):
+                removed.update(str(key) for key in tombstone)
+                continue
             key = str(raw.get("key", number))
             try:
                 out.append((key, line, RescuedTask.from_dict(raw, key=key)))
             except (ValueError, KeyError, TypeError) as error:
                 logger.warning("%s:%d: skipping an unreadable record: %s", self.path, number, error)
                 out.append((key, line, None))
+        if removed:
+            out = [entry for entry in out if entry[0] not in removed]
         return out
 
     def remove(self, tasks: Iterable[RescuedTask]) -> None:
-        """Rewrite the file without ``tasks`` (atomically: temp file, fsync, rename).
+        """Forget ``tasks``: append a tombstone line naming their keys, and fsync.
 
-        Lines are kept verbatim: a record this version cannot read (a newer
-        format) is kept for a reader that can; only torn lines are dropped.
+        Once every record of the last :meth:`read` was removed, the file is
+        compacted (atomically: temp file, fsync, rename). Lines are kept
+        verbatim: a record this version cannot read (a newer format) is kept
+        for a reader that can; only torn lines are dropped.
         """
-        keys = {t.key for t in tasks}
+        keys = sorted({t.key for t in tasks})
         if not keys:
             return
+        tombstone = json.dumps({"v": 2, "removed": keys}, separators=(",", ":")) + "\n"
+        self._append(tombstone.encode())
         with self._lock:
-            keep = [line for key, line, _ in self._lines() if key not in keys]
+            if self._live is None:
+                return
+            self._live.difference_update(keys)
+            if self._live:
+                return
+            self._live = None
+            keep = [line for _, line, _ in self._lines()]
             tmp = f"{self.path}.tmp-{uuid.uuid4().hex[:6]}"
             with open(tmp, "w", encoding="utf-8") as handle:
                 for line in keep:

@@ -11,7 +11,7 @@ Modes (the first argument):
 
 ``churn``
     ``--threads`` filler threads fill at full speed a seeded random mix of immediate
-    tasks, tasks whose ``on_execute`` raises, and time bombs (``run_after`` 0.01–2 s);
+    tasks, tasks whose ``on_execute`` raises, and time bombs (``run_after`` 0.01 to 2 s);
     each filler also drains some of its own time bombs. Ids are ``t<thread>-<n><tag>``,
     the tag ``i`` (immediate), ``r`` (raises) or ``b`` (time bomb). Per filler, ``--out/filler-<t>``
     gets ``a <id>`` before each fill, ``k <id>`` after it returned, ``d <id>`` before a
@@ -30,7 +30,8 @@ Modes (the first argument):
     ``on_task_exhausted`` came, after the life span) before ``ready``.
 
 ``pending``
-    Fills ``--count`` pending time bombs ``bomb-<i>`` (run after 200 s). With
+    Fills ``--count`` pending time bombs ``bomb-<i>`` (run after 200 s); with Redis, reads
+    the sink once so that its connection is open before the signal. With
     ``--stop-pid PID --stop-signal STOP|KILL`` the rescue sink is wrapped so that its
     second ``write()`` first stops (or kills) that process — Redis — and waits until it
     is stopped (or dead) before delegating; the ids the first write stored are
@@ -357,6 +358,11 @@ def pending(args: argparse.Namespace) -> None:
             run_after=BOMB_WAIT,
             life_span=BOMB_LIFE,
         )
+    if args.redis:
+        # Use the connection once, as a real process would have: the rescue's first
+        # command then goes out on it at once, even to a frozen server.
+        stored = bucket.rescue_sink.read()  # type: ignore[union-attr]
+        say(f"redis connected, {len(stored)} stored")
     say(f"ready filled {args.count} in {time.monotonic() - started:.2f}s")
     wait_for_signal()
 
