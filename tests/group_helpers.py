@@ -31,8 +31,16 @@ from gobucket import (
     TaskBucketGroup,
     TaskType,
 )
-from gobucket.wire.frames import FrameDecoder, FrameError, encode_frame
-from gobucket.wire.protocol import PROTOCOL_VERSION, make_proof, verify_proof
+from gobucket.wire.frames import FrameDecoder, FrameError, encode_frame, pack
+from gobucket.wire.noise import (
+    Handshake,
+    HandshakeError,
+    RecordReader,
+    RecordWriter,
+    derive_psk,
+    prologue,
+)
+from gobucket.wire.protocol import PROTOCOL_VERSION
 
 T = TypeVar("T")
 
@@ -250,7 +258,13 @@ class Cluster:
 
 
 class RawPeer:
-    """A bare TCP client speaking the group protocol by hand (to test the server's defences)."""
+    """A bare TCP client speaking the group protocol by hand (to test the server's defences).
+
+    With a secret, :meth:`hello` runs the Noise handshake itself; from then on
+    :meth:`send` and :meth:`send_raw` write plaintext frames/bytes inside encrypted
+    records and :meth:`recv` decrypts, while :meth:`send_wire` writes bytes to the
+    socket as they are.
+    """
 
     def __init__(self, address: tuple[str, int], timeout: float = WAIT) -> None:
         self.sock = socket.create_connection(address, timeout=timeout)
@@ -261,6 +275,9 @@ class RawPeer:
         self.nonce = os.urandom(16)
         self.node = "raw-" + uuid.uuid4().hex[:8]
         self.server_hello: dict[str, Any] | None = None
+        self.handshake_reply: dict[str, Any] | None = None  # the server's NOISE frame
+        self.sealer: RecordWriter | None = None
+        self.records: RecordReader | None = None
 
     def __enter__(self) -> RawPeer:
         return self
@@ -273,9 +290,14 @@ class RawPeer:
             self.sock.close()
 
     def send(self, message: dict[str, Any]) -> None:
-        self.sock.sendall(encode_frame(message, 1 << 24))
+        self.send_raw(encode_frame(message, 1 << 24))
 
     def send_raw(self, data: bytes) -> None:
+        """Plaintext stream bytes (encrypted once the Noise handshake is done)."""
+        self.send_wire(self.sealer.seal(data) if self.sealer is not None else data)
+
+    def send_wire(self, data: bytes) -> None:
+        """Bytes to the socket as they are."""
         self.sock.sendall(data)
 
     def recv(self, timeout: float | None = None) -> dict[str, Any] | None:
@@ -297,6 +319,9 @@ class RawPeer:
             if not data:
                 self.eof = True
                 continue
+            if self.records is not None:
+                self.records.feed(data)
+                data = self.records.open_all()
             self.ready.extend(self.decoder.feed(data))
         return self.ready.pop(0)
 
@@ -326,29 +351,48 @@ class RawPeer:
         cluster: str = "default",
         version: int = PROTOCOL_VERSION,
         node: str | None = None,
-        nonce: bytes | None = None,
         **extra: Any,
-    ) -> dict[str, Any]:
-        """Read the server's HELLO and send ours; return the server's HELLO."""
-        server = self.recv()
-        assert server is not None and server["t"] == "hello", server
-        self.server_hello = server
+    ) -> dict[str, Any] | None:
+        """Say our HELLO; return the server's, or None if it refused (its ERROR stays queued).
+
+        Without a secret the server speaks first and both HELLOs are plaintext. With
+        one, ours travels in the first Noise message (``extra`` fields go inside it),
+        and the server's comes back in the second; encryption starts then.
+        """
         if node is not None:
             self.node = node
-        if nonce is not None:
-            self.nonce = nonce
-        message = {
+        message: dict[str, Any] = {
             "t": "hello",
             "v": version,
             "cluster": cluster,
             "node": self.node,
-            "nonce": self.nonce,
             "port": 0,
             "buckets": [BUCKET],
-            "auth": secret is not None,
         }
+        if secret is None:
+            server = self.recv()
+            assert server is not None and server["t"] == "hello", server
+            self.server_hello = server
+            message.update(nonce=self.nonce, auth=False)
+            message.update(extra)
+            self.send(message)
+            return server
         message.update(extra)
-        self.send(message)
+        key = secret.encode() if isinstance(secret, str) else secret
+        state = Handshake(True, derive_psk(key, cluster), prologue(version, cluster))
+        payload = state.write_message(pack(message))
+        self.send({"t": "noise", "v": version, "cluster": cluster, "m": payload})
+        reply = self.recv()
+        if reply is None or reply.get("t") != "noise":
+            if reply is not None:
+                self.ready.insert(0, reply)
+            return None
+        self.handshake_reply = reply
+        server = self.decoder.decode_body(state.read_message(reply["m"]))
+        send, receive = state.split()
+        self.sealer, self.records = RecordWriter(send), RecordReader(receive)
+        self.records.feed(self.decoder.take_buffered())
+        self.server_hello = server
         return server
 
     def handshake(
@@ -356,17 +400,12 @@ class RawPeer:
     ) -> dict[str, Any]:
         """A full, correct client handshake; returns the server's HELLO."""
         server = self.hello(secret=secret, cluster=cluster)
+        assert server is not None, f"the server refused the handshake: {self.ready}"
         if secret is not None:
-            key = secret.encode() if isinstance(secret, str) else secret
-            auth = self.recv()
-            assert auth is not None and auth["t"] == "auth", auth
-            assert verify_proof(
-                key, b"server", auth["proof"], server["nonce"], self.nonce, cluster, server["node"]
-            ), "the server's proof does not verify"
-            proof = make_proof(key, b"client", self.nonce, server["nonce"], cluster, self.node)
-            self.send({"t": "auth", "proof": proof})
-        ready = self.recv()
-        assert ready is not None and ready["t"] == "ready", ready
+            self.send({"t": "ready"})  # the first record: proves we hold the keys
+        else:
+            ready = self.recv()
+            assert ready is not None and ready["t"] == "ready", ready
         return server
 
     def ping(self, seq: int = 1) -> dict[str, Any]:
@@ -586,6 +625,7 @@ class FakePeer:
     def _serve(self, conn: socket.socket) -> None:
         decoder = FrameDecoder(1 << 24)
         ready: list[dict[str, Any]] = []
+        crypto: list[Any] = []  # [RecordWriter, RecordReader] once the handshake is done
 
         def read() -> dict[str, Any] | None:
             while not ready:
@@ -595,38 +635,46 @@ class FakePeer:
                     return None
                 if not data:
                     return None
+                if crypto:
+                    crypto[1].feed(data)
+                    data = crypto[1].open_all()
                 ready.extend(decoder.feed(data))
             return ready.pop(0)
 
         def send(message: dict[str, Any] | bytes) -> None:
             data = message if isinstance(message, bytes) else encode_frame(message, 1 << 24)
-            conn.sendall(data)
+            conn.sendall(crypto[0].seal(data) if crypto else data)
 
+        hello = {
+            "t": "hello",
+            "v": PROTOCOL_VERSION,
+            "cluster": self.cluster,
+            "node": self.node,
+            "port": self.address[1],
+            "buckets": list(self.loads),
+        }
         try:
-            nonce = os.urandom(16)
-            send(
-                {
-                    "t": "hello",
-                    "v": PROTOCOL_VERSION,
-                    "cluster": self.cluster,
-                    "node": self.node,
-                    "nonce": nonce,
-                    "port": self.address[1],
-                    "buckets": list(self.loads),
-                    "auth": self.key is not None,
-                }
-            )
-            hello = read()
-            if hello is None or hello.get("t") != "hello":
-                return
-            if self.key is not None:
-                proof = make_proof(
-                    self.key, b"server", nonce, hello["nonce"], self.cluster, self.node
-                )
-                send({"t": "auth", "proof": proof})
-                if read() is None:
+            if self.key is None:
+                send({**hello, "nonce": os.urandom(16), "auth": False})
+                first = read()
+                if first is None or first.get("t") != "hello":
                     return
-            send({"t": "ready"})
+                send({"t": "ready"})
+            else:
+                first = read()
+                if first is None or first.get("t") != "noise":
+                    return
+                psk = derive_psk(self.key, self.cluster)
+                state = Handshake(False, psk, prologue(PROTOCOL_VERSION, self.cluster))
+                state.read_message(first["m"])
+                second = state.write_message(pack(hello))
+                send({"t": "noise", "v": PROTOCOL_VERSION, "cluster": self.cluster, "m": second})
+                tx, rx = state.split()
+                crypto.extend([RecordWriter(tx), RecordReader(rx)])
+                crypto[1].feed(decoder.take_buffered())
+                confirm = read()
+                if confirm is None or confirm.get("t") != "ready":
+                    return
             with self.lock:
                 self.handshakes += 1
             while True:
@@ -641,7 +689,7 @@ class FakePeer:
                     reply = self.on_fill(message)
                     if reply is not None:
                         send(reply)
-        except (OSError, FrameError):
+        except (OSError, FrameError, HandshakeError):
             return
         finally:
             with contextlib.suppress(OSError):

@@ -96,6 +96,24 @@ def test_decoder_keeps_a_partial_frame_buffered() -> None:
     assert decoder.feed(data[-1:]) == [{"t": "ping", "seq": 1}]
 
 
+def test_take_buffered_hands_over_the_bytes_after_the_last_whole_frame() -> None:
+    decoder = FrameDecoder()
+    rest = b"\x00\x01record bytes"
+    assert decoder.feed(encode_frame({"t": "noise"}) + rest) == [{"t": "noise"}]
+    assert decoder.take_buffered() == rest
+    assert decoder.buffered == 0
+    assert decoder.take_buffered() == b""
+
+
+def test_the_limit_can_be_raised_once_authenticated() -> None:
+    decoder = FrameDecoder(64)
+    big = encode_frame({"t": "x", "data": b"y" * 100})
+    with pytest.raises(FrameError):
+        FrameDecoder(64).feed(big)
+    decoder.max_frame = 1 << 20
+    assert decoder.feed(big) == [{"t": "x", "data": b"y" * 100}]
+
+
 def test_decoder_refuses_an_oversized_frame_from_its_header_alone() -> None:
     decoder = FrameDecoder(1024)
     with pytest.raises(FrameError, match="exceeds"):

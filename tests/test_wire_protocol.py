@@ -1,4 +1,5 @@
-"""Message validation, HMAC proofs, nonces, and peer address parsing."""
+"""Message validation, nonces, and peer address parsing (the handshake's cryptography is
+tested in test_wire_crypto.py)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,8 @@ from gobucket.wire.protocol import (
     PROTOCOL_VERSION,
     MessageType,
     ProtocolError,
-    make_proof,
     new_nonce,
     validate,
-    verify_proof,
 )
 
 VALID: dict[MessageType, dict[str, Any]] = {
@@ -31,7 +30,12 @@ VALID: dict[MessageType, dict[str, Any]] = {
         "buckets": ["sample"],
         "auth": True,
     },
-    MessageType.AUTH: {"t": "auth", "proof": b"\x01" * 32},
+    MessageType.NOISE: {
+        "t": "noise",
+        "v": PROTOCOL_VERSION,
+        "cluster": "default",
+        "m": b"\x01" * 48,
+    },
     MessageType.READY: {"t": "ready"},
     MessageType.PING: {"t": "ping", "seq": 3},
     MessageType.PONG: {"t": "pong", "seq": 3, "loads": {"sample": [1, 10]}},
@@ -53,8 +57,20 @@ VALID: dict[MessageType, dict[str, Any]] = {
 # --- validate -----------------------------------------------------------------------------
 
 
-def test_protocol_version_is_one() -> None:
-    assert PROTOCOL_VERSION == 1
+def test_protocol_version_is_two() -> None:
+    assert PROTOCOL_VERSION == 2
+
+
+def test_version_1s_auth_message_is_gone() -> None:
+    with pytest.raises(ProtocolError) as info:
+        validate({"t": "auth", "proof": b"\x01" * 32})
+    assert info.value.code == "unknown_type"
+
+
+def test_hello_no_longer_needs_a_nonce() -> None:
+    hello = dict(VALID[MessageType.HELLO])
+    del hello["nonce"]
+    assert validate(hello) is MessageType.HELLO
 
 
 @pytest.mark.parametrize("kind", list(MessageType))
@@ -73,7 +89,7 @@ def test_validate_refuses_unknown_types(t: Any) -> None:
 
 
 REQUIRED = [(kind, name) for kind, fields in VALID.items() for name in fields if name != "t"]
-OPTIONAL = {("hello", "buckets"), ("hello", "auth"), ("fill", "data")}
+OPTIONAL = {("hello", "buckets"), ("hello", "auth"), ("hello", "nonce"), ("fill", "data")}
 
 
 @pytest.mark.parametrize(("kind", "name"), [r for r in REQUIRED if r not in OPTIONAL])
@@ -90,10 +106,11 @@ def test_validate_refuses_a_missing_field(kind: MessageType, name: str) -> None:
     [
         ("hello", "v", "1"),
         ("hello", "v", True),  # a bool is not an int on the wire
-        ("hello", "nonce", "not-bytes"),
         ("hello", "port", 1.5),
         ("hello", "cluster", None),
-        ("auth", "proof", "hex-string"),
+        ("noise", "m", "hex-string"),
+        ("noise", "v", True),
+        ("noise", "cluster", b"default"),
         ("ping", "seq", False),
         ("ping", "seq", 1.0),
         ("pong", "loads", [1, 2]),
@@ -140,7 +157,7 @@ def test_validate_accepts_empty_loads_and_int_durations() -> None:
 @settings(max_examples=200, deadline=None)
 @given(
     st.dictionaries(
-        st.sampled_from(["t", "v", "seq", "rid", "ok", "loads", "proof", "code", "msg", "x"]),
+        st.sampled_from(["t", "v", "seq", "rid", "ok", "loads", "m", "code", "msg", "x"]),
         st.none()
         | st.booleans()
         | st.integers()
@@ -160,60 +177,7 @@ def test_fuzz_validate_returns_a_type_or_raises_protocol_error(message: dict[str
     assert kind == message["t"]
 
 
-# --- proofs -------------------------------------------------------------------------------
-
-SECRET = b"cluster-key"
-CLIENT_NONCE = b"c" * 16
-SERVER_NONCE = b"s" * 16
-
-
-def client_proof(secret: bytes = SECRET, node: str = "client-node") -> bytes:
-    return make_proof(secret, b"client", CLIENT_NONCE, SERVER_NONCE, "default", node)
-
-
-def test_make_proof_is_a_deterministic_sha256_hmac() -> None:
-    proof = client_proof()
-    assert isinstance(proof, bytes) and len(proof) == 32
-    assert proof == client_proof()
-
-
-def test_verify_proof_accepts_the_proof_made_by_the_other_side() -> None:
-    # the server checks the client's proof with its own view: their nonce first
-    assert verify_proof(
-        SECRET, b"client", client_proof(), CLIENT_NONCE, SERVER_NONCE, "default", "client-node"
-    )
-
-
-@pytest.mark.parametrize(
-    ("secret", "role", "their_nonce", "my_nonce", "cluster", "node"),
-    [
-        (b"wrong-key", b"client", CLIENT_NONCE, SERVER_NONCE, "default", "client-node"),
-        (SECRET, b"server", CLIENT_NONCE, SERVER_NONCE, "default", "client-node"),  # replay
-        (SECRET, b"client", SERVER_NONCE, CLIENT_NONCE, "default", "client-node"),  # swapped
-        (SECRET, b"client", b"x" * 16, SERVER_NONCE, "default", "client-node"),  # stale nonce
-        (SECRET, b"client", CLIENT_NONCE, b"y" * 16, "default", "client-node"),
-        (SECRET, b"client", CLIENT_NONCE, SERVER_NONCE, "other", "client-node"),
-        (SECRET, b"client", CLIENT_NONCE, SERVER_NONCE, "default", "someone-else"),
-    ],
-)
-def test_verify_proof_refuses_any_mismatch(
-    secret: bytes, role: bytes, their_nonce: bytes, my_nonce: bytes, cluster: str, node: str
-) -> None:
-    assert not verify_proof(secret, role, client_proof(), their_nonce, my_nonce, cluster, node)
-
-
-@pytest.mark.parametrize("proof", [b"", b"\x00" * 32, client_proof()[:-1], client_proof() + b"x"])
-def test_verify_proof_refuses_forged_or_truncated_proofs(proof: bytes) -> None:
-    assert not verify_proof(
-        SECRET, b"client", proof, CLIENT_NONCE, SERVER_NONCE, "default", "client-node"
-    )
-
-
-def test_proof_fields_are_length_prefixed_so_boundaries_cannot_shift() -> None:
-    # moving a character from the cluster name into the node id must change the proof
-    a = make_proof(SECRET, b"client", CLIENT_NONCE, SERVER_NONCE, "ab", "c")
-    b = make_proof(SECRET, b"client", CLIENT_NONCE, SERVER_NONCE, "a", "bc")
-    assert a != b
+# --- nonces ------------------------------------------------------------------------------
 
 
 def test_new_nonce_is_16_fresh_bytes() -> None:

@@ -11,6 +11,7 @@ import socket
 import struct
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from group_helpers import (
@@ -27,8 +28,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gobucket import Placement, TaskBucket, TaskBucketGroup
+from gobucket.wire.connection import PREAUTH_MAX_FRAME
 from gobucket.wire.frames import encode_frame, pack
-from gobucket.wire.protocol import PROTOCOL_VERSION, make_proof
+from gobucket.wire.noise import Handshake, derive_psk, prologue
+from gobucket.wire.protocol import PROTOCOL_VERSION
 
 SERVER_MAX_FRAME = 4096
 
@@ -72,9 +75,14 @@ def served(cluster: Cluster) -> Served:
 # --- the protocol, spoken correctly -------------------------------------------------------
 
 
-def test_server_says_hello_first_with_its_identity(served: Served) -> None:
+def test_with_a_secret_the_server_waits_for_the_client(served: Served) -> None:
+    with RawPeer(served.address) as raw, pytest.raises(AssertionError, match="in time"):
+        raw.recv(timeout=0.3)  # nothing before the client's first Noise message
+
+
+def test_server_answers_with_its_identity_inside_the_handshake(served: Served) -> None:
     with RawPeer(served.address) as raw:
-        hello = raw.recv()
+        hello = raw.hello()
     assert hello is not None
     assert hello["t"] == "hello"
     assert hello["v"] == PROTOCOL_VERSION
@@ -82,18 +90,28 @@ def test_server_says_hello_first_with_its_identity(served: Served) -> None:
     assert hello["node"] == served.server.node_id
     assert hello["port"] == served.address[1]
     assert hello["buckets"] == [BUCKET]
-    assert hello["auth"] is True
+
+
+def test_without_a_secret_the_server_says_hello_first(cluster: Cluster) -> None:
+    group = cluster.group(cluster.bucket(), secret=None, peers=["127.0.0.1:1"])
+    with RawPeer(group.address) as raw:
+        hello = raw.recv()
+    assert hello is not None
+    assert hello["t"] == "hello"
+    assert hello["v"] == PROTOCOL_VERSION
+    assert hello["node"] == group.node_id
+    assert hello["auth"] is False
     assert isinstance(hello["nonce"], bytes) and len(hello["nonce"]) == 16
 
 
-def test_each_connection_gets_a_fresh_nonce(served: Served) -> None:
-    nonces = set()
+def test_each_connection_gets_a_fresh_ephemeral_key(served: Served) -> None:
+    keys = set()
     for _ in range(3):
         with RawPeer(served.address) as raw:
-            hello = raw.recv()
-            assert hello is not None
-            nonces.add(hello["nonce"])
-    assert len(nonces) == 3
+            assert raw.hello() is not None
+            assert raw.handshake_reply is not None
+            keys.add(raw.handshake_reply["m"][:32])
+    assert len(keys) == 3
 
 
 def test_raw_client_handshake_ping_and_fill(served: Served) -> None:
@@ -173,98 +191,187 @@ def test_pipelined_fills_are_each_acknowledged_in_order(served: Served) -> None:
 
 def test_wrong_secret_is_refused_with_an_auth_error(served: Served) -> None:
     with RawPeer(served.address) as raw:
-        server = raw.hello()
-        auth = raw.recv()
-        assert auth is not None and auth["t"] == "auth"
-        proof = make_proof(b"wrong-key", b"client", raw.nonce, server["nonce"], "default", raw.node)
-        raw.send({"t": "auth", "proof": proof})
+        assert raw.hello(secret="wrong-key") is None
         raw.expect_refusal("auth")
     served.good_fill()
 
 
-def test_replaying_the_servers_own_proof_is_refused(served: Served) -> None:
+def test_reflecting_the_servers_own_message_is_refused(served: Served) -> None:
+    with RawPeer(served.address) as first:
+        assert first.hello() is not None
+        assert first.handshake_reply is not None
+        reflected = first.handshake_reply
     with RawPeer(served.address) as raw:
-        raw.hello()
-        auth = raw.recv()
-        assert auth is not None
-        raw.send({"t": "auth", "proof": auth["proof"]})
+        raw.send(reflected)  # the server's message 2, offered back as a message 1
         raw.expect_refusal("auth")
     served.good_fill()
 
 
-def test_skipping_auth_is_refused(served: Served) -> None:
+def test_skipping_the_key_confirmation_is_refused(served: Served) -> None:
     with RawPeer(served.address) as raw:
-        raw.hello(secret=None)  # claims no secret; the server still demands a proof
-        demand = raw.recv()
-        assert demand is not None and demand["t"] == "auth"  # not READY
+        assert raw.hello() is not None
+        raw.send_wire(encode_frame({"t": "ping", "seq": 1}))  # plaintext, not a record
+        assert raw.messages_until_closed() == []  # closed without a word, no PONG
+    served.good_fill()
+
+
+def test_a_first_record_that_is_not_ready_is_refused(served: Served) -> None:
+    with RawPeer(served.address) as raw:
+        assert raw.hello() is not None
+        raw.send({"t": "ping", "seq": 1})  # encrypted, but not READY
+        raw.expect_refusal("unexpected")
+    served.good_fill()
+
+
+def test_a_first_record_with_two_messages_is_refused(served: Served) -> None:
+    with RawPeer(served.address) as raw:
+        assert raw.hello() is not None
+        raw.send_raw(encode_frame({"t": "ready"}) + encode_frame({"t": "ping", "seq": 1}))
+        raw.expect_refusal("bad_message")
+    served.good_fill()
+
+
+def test_fill_before_the_handshake_is_refused(served: Served) -> None:
+    with RawPeer(served.address) as raw:
         raw.send({"t": "ping", "seq": 1})
         raw.expect_refusal("unexpected")
     served.good_fill()
 
 
-def test_fill_before_the_handshake_ends_is_refused(served: Served) -> None:
+def test_plaintext_frames_behind_the_first_message_are_refused(served: Served) -> None:
     with RawPeer(served.address) as raw:
-        raw.hello()
-        raw.send({"t": "ping", "seq": 1})
+        raw.send_wire(_first_message() + encode_frame({"t": "ping", "seq": 1}))
         raw.expect_refusal("unexpected")
     served.good_fill()
+
+
+def _first_message(**fields: Any) -> bytes:
+    """A client's first frame (message 1) made by hand; ``fields`` change its HELLO."""
+    state = Handshake(
+        True, derive_psk(SECRET.encode(), "default"), prologue(PROTOCOL_VERSION, "default")
+    )
+    hello = {"t": "hello", "v": PROTOCOL_VERSION, "cluster": "default", "node": "early", "port": 0}
+    hello.update(fields)
+    return encode_frame(
+        {
+            "t": "noise",
+            "v": PROTOCOL_VERSION,
+            "cluster": "default",
+            "m": state.write_message(pack(hello)),
+        }
+    )
 
 
 @pytest.mark.parametrize(
     ("fields", "code"),
     [
         ({"version": PROTOCOL_VERSION + 1}, "version"),
-        ({"version": 0}, "version"),
+        ({"version": 1}, "version"),
         ({"cluster": "other-cluster"}, "cluster"),
-        ({"nonce": b"short"}, "bad_message"),
+        ({"v": 1}, "version"),  # inside the encrypted HELLO only
+        ({"port": "6666"}, "bad_message"),
+        ({"port": None}, "bad_message"),
     ],
+    ids=["version", "old-version", "cluster", "inner-version", "bad-port", "no-port"],
 )
-def test_bad_hello_is_refused(served: Served, fields: dict[str, object], code: str) -> None:
+def test_bad_hello_is_refused(served: Served, fields: dict[str, Any], code: str) -> None:
     with RawPeer(served.address) as raw:
-        raw.hello(**fields)  # type: ignore[arg-type]
+        assert raw.hello(**fields) is None
         raw.expect_refusal(code)
+    served.good_fill()
+
+
+def test_a_hello_naming_another_cluster_inside_is_refused(served: Served) -> None:
+    with RawPeer(served.address) as raw:
+        raw.send_wire(_first_message(cluster="x"))  # the clear "cluster" is right
+        raw.expect_refusal("cluster")
+    served.good_fill()
+
+
+def test_an_old_plaintext_hello_is_refused_as_the_wrong_version(served: Served) -> None:
+    with RawPeer(served.address) as raw:
+        raw.send(
+            {
+                "t": "hello",
+                "v": 1,
+                "cluster": "default",
+                "node": raw.node,
+                "nonce": b"n" * 16,
+                "port": 0,
+                "auth": True,
+            }
+        )
+        raw.expect_refusal("version")
+    served.good_fill()
+
+
+def test_a_plaintext_hello_to_a_node_with_a_secret_is_refused(served: Served) -> None:
+    with RawPeer(served.address) as raw:
+        raw.send(
+            {"t": "hello", "v": PROTOCOL_VERSION, "cluster": "default", "node": raw.node, "port": 0}
+        )
+        error = raw.expect_refusal("auth")
+    assert "no cluster secret" in error["msg"]
     served.good_fill()
 
 
 @pytest.mark.parametrize("node", ["", "n" * 256, "é" * 300], ids=["empty", "long", "long-utf8"])
 def test_hello_with_an_unreasonable_node_id_is_refused(served: Served, node: str) -> None:
     with RawPeer(served.address) as raw:
-        raw.hello(node=node)
+        assert raw.hello(node=node) is None
         raw.expect_refusal("bad_message")
     served.good_fill()
 
 
 def test_hello_claiming_the_servers_own_node_id_is_refused(served: Served) -> None:
     with RawPeer(served.address) as raw:
-        raw.hello(node=served.server.node_id)
+        assert raw.hello(node=served.server.node_id) is not None
+        raw.send({"t": "ready"})
         raw.expect_refusal("self")
     served.good_fill()
 
 
 def test_unknown_message_type_in_the_handshake_is_refused(served: Served) -> None:
     with RawPeer(served.address) as raw:
-        assert raw.recv() is not None
         raw.send({"t": "gossip", "rumour": "x"})
         raw.expect_refusal("unknown_type")
     served.good_fill()
 
 
-def test_hello_with_missing_fields_is_refused(served: Served) -> None:
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"t": "noise", "v": PROTOCOL_VERSION, "cluster": "default"},
+        {"t": "noise", "v": PROTOCOL_VERSION, "m": b"x" * 64},
+        {"t": "noise", "cluster": "default", "m": b"x" * 64},
+        {"t": "noise", "v": PROTOCOL_VERSION, "cluster": "default", "m": "text"},
+    ],
+    ids=["no-message", "no-cluster", "no-version", "text-message"],
+)
+def test_noise_frame_with_missing_fields_is_refused(
+    served: Served, message: dict[str, object]
+) -> None:
     with RawPeer(served.address) as raw:
-        assert raw.recv() is not None
-        raw.send({"t": "hello", "v": PROTOCOL_VERSION, "cluster": "default"})
+        raw.send(message)
         raw.expect_refusal("bad_message")
+    served.good_fill()
+
+
+@pytest.mark.parametrize("size", [0, 31, 47, 48, 300], ids=repr)
+def test_noise_frame_with_garbage_is_refused(served: Served, size: int) -> None:
+    with RawPeer(served.address) as raw:
+        raw.send({"t": "noise", "v": PROTOCOL_VERSION, "cluster": "default", "m": bytes(size)})
+        raw.expect_refusal("auth")
     served.good_fill()
 
 
 @pytest.mark.parametrize("after_handshake", [False, True], ids=["before", "after"])
 def test_oversized_frame_is_refused_from_its_header(served: Served, after_handshake: bool) -> None:
+    limit = SERVER_MAX_FRAME if after_handshake else PREAUTH_MAX_FRAME
     with RawPeer(served.address) as raw:
         if after_handshake:
             raw.handshake()
-        else:
-            assert raw.recv() is not None
-        raw.send_raw(struct.pack(">I", SERVER_MAX_FRAME + 1))  # the header alone is enough
+        raw.send_raw(struct.pack(">I", limit + 1))  # the header alone is enough
         raw.expect_refusal("bad_frame")
     served.good_fill()
 
@@ -274,8 +381,6 @@ def test_a_full_oversized_frame_is_refused(served: Served, after_handshake: bool
     with RawPeer(served.address) as raw:
         if after_handshake:
             raw.handshake()
-        else:
-            assert raw.recv() is not None
         raw.send(
             {
                 "t": "fill",
@@ -304,8 +409,6 @@ def test_malformed_frames_are_refused(served: Served, body: bytes, after_handsha
     with RawPeer(served.address) as raw:
         if after_handshake:
             raw.handshake()
-        else:
-            assert raw.recv() is not None
         raw.send_raw(struct.pack(">I", len(body)) + body)
         raw.expect_refusal("bad_frame")
     served.good_fill()
@@ -329,10 +432,12 @@ def test_malformed_frames_are_refused(served: Served, body: bytes, after_handsha
         ({"t": "pong", "seq": 1, "loads": {}}, "unexpected"),
         ({"t": "ack", "rid": 1, "ok": True}, "unexpected"),
         ({"t": "ready"}, "unexpected"),
+        ({"t": "noise", "v": PROTOCOL_VERSION, "cluster": "default", "m": b"x" * 48}, "unexpected"),
+        ({"t": "auth", "proof": b"x" * 32}, "unknown_type"),  # version 1's, gone
         ({"t": "fill", "rid": "one", "bucket": BUCKET, "id": "x"}, "bad_message"),
         ({"t": "ping"}, "bad_message"),
     ],
-    ids=["unknown", "hello", "pong", "ack", "ready", "bad-fill", "ping-no-seq"],
+    ids=["unknown", "hello", "pong", "ack", "ready", "noise", "auth", "bad-fill", "ping-no-seq"],
 )
 def test_bad_messages_after_the_handshake_are_refused(
     served: Served, message: dict[str, object], code: str
@@ -430,7 +535,15 @@ def test_without_secret_a_listed_address_may_connect_and_fill(cluster: Cluster) 
 def test_without_secret_a_client_demanding_auth_is_refused(cluster: Cluster) -> None:
     group = cluster.group(cluster.bucket(), peers=["127.0.0.1:1"], secret=None)
     with RawPeer(group.address) as raw:
-        raw.hello(secret=SECRET)  # says auth: true
+        assert raw.hello(secret=SECRET) is None  # a Noise message 1: it has a secret
+        error = raw.expect_refusal("auth")
+    assert "has a cluster secret and this node has none" in error["msg"]
+
+
+def test_without_secret_a_hello_claiming_auth_is_refused(cluster: Cluster) -> None:
+    group = cluster.group(cluster.bucket(), peers=["127.0.0.1:1"], secret=None)
+    with RawPeer(group.address) as raw:
+        raw.hello(secret=None, auth=True)
         raw.expect_refusal("auth")
 
 
@@ -507,7 +620,7 @@ def test_fuzz_random_messages_after_the_handshake_never_kill_the_server(
     keys = st.sampled_from(
         ["t", "rid", "seq", "bucket", "id", "data", "type", "run_after", "life_span", "ok"]
     )
-    kinds = st.sampled_from(["fill", "ping", "pong", "ack", "hello", "auth", "ready", "x"])
+    kinds = st.sampled_from(["fill", "ping", "pong", "ack", "hello", "noise", "ready", "x"])
     fill_like = st.fixed_dictionaries(
         {
             "t": st.just("fill"),

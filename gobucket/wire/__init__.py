@@ -1,8 +1,9 @@
 """The group wire protocol: length-prefixed msgpack frames over TCP (see ``docs/wire.md``).
 
 * :mod:`~gobucket.wire.frames` — framing and a decoder that distrusts every byte.
-* :mod:`~gobucket.wire.protocol` — message types, validation, the HMAC handshake.
-* :mod:`~gobucket.wire.connection` — one authenticated connection on asyncio.
+* :mod:`~gobucket.wire.protocol` — message types and their validation.
+* :mod:`~gobucket.wire.noise` — the Noise_NNpsk0 handshake and the encrypted records.
+* :mod:`~gobucket.wire.connection` — the handshake, and one connection on asyncio.
 """
 
 from gobucket.wire.frames import FrameDecoder, FrameError, encode_frame

@@ -3,8 +3,10 @@
 A frame is a 4-byte big-endian unsigned length followed by that many bytes of
 one msgpack value, which must be a map (a message). The decoder refuses frames
 over ``max_frame`` bytes before reading them, values nested deeper than
-``max_depth``, maps with non-string keys, and anything msgpack cannot parse;
-each refusal is a :class:`FrameError`, after which the connection is closed.
+``max_depth``, map keys that are neither strings nor integers, and anything
+msgpack cannot parse; each refusal is a :class:`FrameError`, after which the
+connection is closed. With a cluster secret the frames travel inside encrypted
+records (:mod:`gobucket.wire.noise`): this decoder then reads the decrypted stream.
 """
 
 from __future__ import annotations
@@ -77,6 +79,16 @@ class FrameDecoder:
     def buffered(self) -> int:
         """Bytes received but not yet part of a whole frame."""
         return len(self._buffer)
+
+    def take_buffered(self) -> bytes:
+        """Remove and return the bytes received after the last whole frame.
+
+        Used when the stream changes format (plaintext handshake, then encrypted
+        records): what arrived behind the handshake belongs to the new format.
+        """
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         """Add received bytes; return every message completed by them, in order.

@@ -1,14 +1,13 @@
-"""The messages of the group protocol, their validation, and the HMAC proofs.
+"""The messages of the group protocol and their validation.
 
 Every frame is a map with a type under ``"t"``. The full protocol is written
 down in ``docs/wire.md``; this module is its single source of truth in code.
+The cryptography of the handshake is in :mod:`gobucket.wire.noise`.
 """
 
 from __future__ import annotations
 
 import enum
-import hashlib
-import hmac
 import os
 from typing import Any
 
@@ -17,13 +16,11 @@ __all__ = [
     "MessageType",
     "ProtocolError",
     "RefusalCode",
-    "make_proof",
     "new_nonce",
     "validate",
-    "verify_proof",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 """Bumped on any incompatible change; peers with another version are refused."""
 
 
@@ -31,7 +28,7 @@ class MessageType(enum.StrEnum):
     """The ``"t"`` field of a frame."""
 
     HELLO = "hello"
-    AUTH = "auth"
+    NOISE = "noise"
     READY = "ready"
     PING = "ping"
     PONG = "pong"
@@ -60,8 +57,8 @@ class ProtocolError(Exception):
 
 
 _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    MessageType.HELLO: {"v": int, "cluster": str, "node": str, "nonce": bytes, "port": int},
-    MessageType.AUTH: {"proof": bytes},
+    MessageType.HELLO: {"v": int, "cluster": str, "node": str, "port": int},
+    MessageType.NOISE: {"v": int, "cluster": str, "m": bytes},
     MessageType.READY: {},
     MessageType.PING: {"seq": int},
     MessageType.PONG: {"seq": int, "loads": dict},
@@ -106,34 +103,5 @@ def validate(message: dict[str, Any]) -> MessageType:
 
 
 def new_nonce() -> bytes:
-    """16 fresh random bytes for a handshake."""
+    """16 fresh random bytes (the plaintext HELLO's ``nonce``, kept for version-1 nodes)."""
     return os.urandom(16)
-
-
-def make_proof(
-    secret: bytes, role: bytes, my_nonce: bytes, peer_nonce: bytes, cluster: str, node: str
-) -> bytes:
-    """HMAC-SHA256 proving knowledge of ``secret`` over both fresh nonces.
-
-    ``role`` (b"client" or b"server") keeps one side's proof from being
-    replayed as the other's.
-    """
-    mac = hmac.new(secret, digestmod=hashlib.sha256)
-    for part in (b"gobucket/1", role, peer_nonce, my_nonce, cluster.encode(), node.encode()):
-        mac.update(len(part).to_bytes(2, "big"))
-        mac.update(part)
-    return mac.digest()
-
-
-def verify_proof(
-    secret: bytes,
-    role: bytes,
-    proof: bytes,
-    their_nonce: bytes,
-    my_nonce: bytes,
-    cluster: str,
-    their_node: str,
-) -> bool:
-    """Check the peer's proof (constant time)."""
-    expected = make_proof(secret, role, their_nonce, my_nonce, cluster, their_node)
-    return hmac.compare_digest(expected, proof)
