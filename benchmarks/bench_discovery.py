@@ -3,7 +3,7 @@
 Run ``python benchmarks/bench_discovery.py`` (root: a virtual LAN of network
 namespaces; otherwise loopback). ``--reps N`` sets the repetitions (default 5),
 ``--mode loopback`` forces the fallback, ``--no-secret`` runs the nodes without a
-secret (the allow list). Results go to ``benchmarks/results/bench_discovery.json``
+secret (``insecure=True``: discovered addresses join the allow list). Results go to ``benchmarks/results/bench_discovery.json``
 (``--out`` to change).
 
 One *observer* node A (cluster bucket of 1 slot, kept full) watches *subject*
@@ -223,6 +223,8 @@ class LocalObserver:
             cluster=cluster,
             host="127.0.0.1",
             interfaces=["127.0.0.1"],
+            discovery=True,
+            insecure=secret is None,  # --no-secret measures the insecure mode
         )
         self.group.on_peer_schedule_failed = lambda *_args: None
         self.group.start()
@@ -311,7 +313,7 @@ class Bench:
             str(size),
             "--ping",
             str(PING),
-            *(["--secret", self.secret] if self.secret is not None else []),
+            *(["--secret", self.secret] if self.secret is not None else ["--insecure"]),
         ]
         options: dict[str, Any] = {
             "stdin": subprocess.PIPE,

@@ -65,13 +65,20 @@ class TaskBucketGroup:
         group.start()
         placement = group.fill("sample", "process::1", {"name": "Johnson"})
 
+    Discovery (mDNS) is on when a ``secret`` is set and off otherwise.
+    ``discovery=True`` without a secret raises :class:`InvalidArgumentError`
+    unless ``insecure=True`` is passed as well (then it logs one warning): on a
+    LAN, anyone can announce your cluster's name. A static ``peers`` list
+    without a secret is checked by address only: for trusted networks.
+
     Args:
         buckets: the local buckets by name (every node should hold the same names).
         peers: static peers as ``"host:port"``; they are dialled and re-dialled.
         port: where to listen (0 picks a free port; see :attr:`address`).
         ping_interval: seconds between load pings; 3 missed pings mark a peer down.
-        secret: a shared cluster secret; peers must prove it (HMAC). Without one,
-            only connections from addresses on ``peers`` are accepted.
+        secret: a shared cluster secret (non-empty ``str`` or ``bytes``); peers must
+            prove it (HMAC). Without one, only connections from addresses on ``peers``
+            are accepted (trusted networks only).
         cluster: the cluster name; nodes of other clusters are refused.
         host: the address to listen on.
         node_id: this node's id (a random one by default).
@@ -79,8 +86,14 @@ class TaskBucketGroup:
         sources: extra peer sources (see :mod:`gobucket.discovery`).
         runtime: the actor runtime (the process default if omitted).
         discovery: announce this node and find peers by mDNS (zeroconf) as well as
-            the static list; ``False`` keeps a purely static group.
+            the static list. ``None`` (the default): on when a ``secret`` is set, off
+            otherwise. ``True`` without a secret needs ``insecure=True``; ``False``
+            keeps a purely static group.
         interfaces: the IPv4 addresses mDNS announces and listens on (all by default).
+        insecure: allow ``discovery=True`` without a secret. Then any node that
+            announces this cluster's name by mDNS may connect (its address joins the
+            allow list), fill tasks here and be sent this node's overflow. Only for a
+            network you fully trust; a warning is logged.
     """
 
     def __init__(
@@ -97,9 +110,10 @@ class TaskBucketGroup:
         max_frame: int = DEFAULT_MAX_FRAME,
         sources: Iterable[PeerSource] = (),
         runtime: ActorRuntime | None = None,
-        discovery: bool = True,
+        discovery: bool | None = None,
         interfaces: Iterable[str] | None = None,
         debug: bool = False,
+        insecure: bool = False,
     ) -> None:
         if not isinstance(buckets, Mapping) or not buckets:
             raise InvalidArgumentError("buckets must be a non-empty mapping of name to TaskBucket")
@@ -119,6 +133,22 @@ class TaskBucketGroup:
             raise InvalidArgumentError("ping_interval must be > 0")
         if not isinstance(cluster, str) or not cluster:
             raise InvalidArgumentError("cluster must be a non-empty string")
+        if secret is not None and (not isinstance(secret, str | bytes) or not secret):
+            raise InvalidArgumentError("secret must be a non-empty str or bytes, or None")
+        if discovery is not None and not isinstance(discovery, bool):
+            raise InvalidArgumentError(f"discovery must be True, False or None, got {discovery!r}")
+        if not isinstance(insecure, bool):
+            raise InvalidArgumentError(f"insecure must be True or False, got {insecure!r}")
+        if discovery is None:
+            discovery = secret is not None  # on with a secret, off without one
+        if discovery and secret is None and not insecure:
+            raise InvalidArgumentError(
+                "discovery=True needs a secret: without one, anyone on the LAN who announces "
+                f"cluster {cluster!r} by mDNS would be let in, could fill tasks here and would "
+                "be sent this node's overflow tasks. Set secret=... (the same on every node), "
+                "or pass insecure=True on a network you fully trust, or use discovery=False "
+                "with a static peers list"
+            )
         try:
             static = StaticDiscovery(list(peers))
         except ValueError as error:
@@ -133,6 +163,10 @@ class TaskBucketGroup:
         self._runtime = runtime or default_runtime()
         self._sources: list[PeerSource] = [static, *sources]
         self._loopback_discovery = any(str(a).startswith("127.") for a in (interfaces or ()))
+        self.discovery: bool = discovery
+        """Whether this node announces itself and browses by mDNS."""
+        self.insecure: bool = insecure
+        """Whether mDNS-discovered addresses join the no-secret allow list."""
         if discovery:
             from gobucket.discovery.mdns import MdnsDiscovery
 
@@ -145,7 +179,15 @@ class TaskBucketGroup:
         for address in static.addresses:
             self._allowed.update(_resolve(address[0]))
         self.on_peer_schedule_failed: ScheduleFailed | None = None
-        self._network = NetworkNode(self._identity, self._secret, self, host, port, max_frame)
+        self._network = NetworkNode(
+            self._identity,
+            self._secret,
+            self,
+            host,
+            port,
+            max_frame,
+            ping_interval=self.ping_interval,
+        )
         self._ref: pykka.ActorRef[GroupActor] | None = None
         self._key = f"group:{self.node_id}"
         self._known: dict[tuple[str, int], PeerUp] = {}
@@ -154,10 +196,18 @@ class TaskBucketGroup:
         self._stopped = threading.Event()
         self._wake = threading.Event()  # set by stop() or a signal: serve_forever() returns
         self._lock = threading.Lock()
-        if self._secret is None:
+        if self._secret is None and discovery:
+            logger.warning(
+                "group %r runs mDNS discovery without a secret (insecure=True): anyone on the "
+                "LAN who announces cluster %r can connect, fill tasks here and be sent this "
+                "node's overflow tasks. Use a secret on any network you do not fully trust",
+                cluster,
+                cluster,
+            )
+        elif self._secret is None:
             logger.warning(
                 "group %r runs without a secret: peers are not authenticated, only checked "
-                "against the peer list",
+                "against the peer list (trusted networks only)",
                 cluster,
             )
 
@@ -257,15 +307,23 @@ class TaskBucketGroup:
                 handed = self._hand_off(timeout)
         self._stopped.set()
         for source in self._sources:
-            try:
-                source.stop()
-            except Exception:
-                logger.exception("stopping peer source %r failed", source)
+            # Goodbye first (mDNS), so peers drop this node as soon as its links close.
+            leave = getattr(source, "leave", None)
+            if leave is not None:
+                try:
+                    leave()
+                except Exception:
+                    logger.exception("peer source %r could not say goodbye", source)
         if self._ref is not None:
             call(self._runtime.supervisor, Unsupervise(self._key))
             with contextlib.suppress(pykka.ActorDeadError):
                 call(self._ref, StopGroup())
         self._network.stop()
+        for source in self._sources:
+            try:
+                source.stop()
+            except Exception:
+                logger.exception("stopping peer source %r failed", source)
         if self._ref is not None:
             self._ref.stop()
         if handoff:
@@ -469,12 +527,14 @@ class TaskBucketGroup:
         if (
             isinstance(event, PeerUp)
             and event.source != "static"
+            and (event.source != "mdns" or self.insecure)
             and event.cluster == self.cluster
             and (not event.address[0].startswith("127.") or self._loopback_discovery)
         ):
-            # A node that announced our cluster may connect (no-secret allow list).
-            # A loopback address announced on a LAN is meaningless: only trusted
-            # when this node itself runs discovery on loopback.
+            # No-secret allow list: a node reported by a source the user configured
+            # may connect. An mDNS announcement proves nothing (anyone can send one),
+            # so it counts only with insecure=True. A loopback address announced on a
+            # LAN is meaningless: only trusted when this node runs discovery on loopback.
             self._allowed.add(event.address[0])
         if isinstance(event, PeerUp):
             self._known[event.address] = event

@@ -573,7 +573,7 @@ def test_a_refused_peer_never_comes_up_and_takes_no_overflow(
     a_kwargs: dict[str, Any],
     b_kwargs: dict[str, Any],
 ) -> None:
-    caplog.set_level("WARNING", logger="gobucket")
+    caplog.set_level("DEBUG", logger="gobucket")
     b_bucket = cluster.bucket(max_bucket=10)
     b = cluster.group(b_bucket, **b_kwargs)
     a_bucket = cluster.bucket(max_bucket=1)

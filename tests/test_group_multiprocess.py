@@ -82,7 +82,7 @@ def test_overflow_reaches_a_node_in_another_process(
 def test_wrong_secret_child_never_comes_up(
     cluster: Cluster, spawn: Callable[..., ChildNode], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level("WARNING", logger="gobucket")
+    caplog.set_level("DEBUG", logger="gobucket")  # each attempt is at DEBUG, WARNING once
     child = spawn("--secret", "not-the-cluster-key", "--ping", str(PING))
     bucket = cluster.bucket(max_bucket=1)
     hold(bucket, 1)
@@ -93,6 +93,7 @@ def test_wrong_secret_child_never_comes_up(
     )
     info = peer_info(group, child.address)
     assert info is not None and not info.up
+    assert info.reason is not None and "secret" in info.reason
     with pytest.raises(NoPeerAvailableError):
         group.fill(BUCKET, "nope", None, **HOLD, timeout=WAIT)
     assert child.alive_tasks() == 0

@@ -10,6 +10,7 @@ So every task ends up in exactly one place, or is reported failed.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import logging
@@ -50,6 +51,25 @@ logger = logging.getLogger("gobucket.group")
 
 ScheduleFailed = Callable[[str, str, str, BaseException], Any]
 
+# Discovered peers (any source but the static list): what mDNS reports is a hint, so the
+# table of them is bounded and an entry that does not connect does not stay (_on_discovered).
+MAX_DISCOVERED = 128
+"""Discovered entries kept at most (a new one evicts one that never connected)."""
+DISCOVERED_MAX_FAILURES = 8
+"""Connection attempts failed in a row (unreachable or refused) before the entry is dropped."""
+DISCOVERED_MAX_REFUSALS = 3
+"""Handshakes refused in a row before the entry is dropped."""
+DISCOVERED_DOWN_LIMIT = 30.0
+"""Seconds an entry may go without a link at all (a dialler that stopped) before it is dropped."""
+GIVE_UP_FIRST = 30.0
+GIVE_UP_MAX = 600.0
+"""An entry dropped without ever connecting is not dialled again for 30 s, doubling to 10 min."""
+MAX_GIVEN_UP = 1024
+
+PEER_LOG_INTERVAL = 60.0
+"""A peer that stays unreachable (or keeps refusing the handshake) for the same reason is
+logged when that starts, then at most once per this many seconds."""
+
 
 @dataclass(frozen=True, slots=True)
 class Placement:
@@ -73,6 +93,9 @@ class PeerInfo:
     loads: dict[str, tuple[int, int]]
     last_seen: float | None
     buckets: tuple[str, ...] = ()
+    reason: str | None = None
+    """Why the peer is down (``None`` while it is up): "cannot connect: connection
+    refused", "handshake refused: ...", "missed 3 pings ...", "not connected yet"."""
 
     def free(self, bucket: str) -> int | None:
         """Free room in ``bucket`` by the latest report, or None if unknown."""
@@ -91,6 +114,15 @@ class _Peer:
     sent_since_report: dict[str, int] = field(default_factory=dict)
     last_seen: float | None = None
     buckets: tuple[str, ...] = ()
+    reason: str | None = "not connected yet"
+    logged: str | None = None  # the trouble last logged for this peer, when, and repeats since
+    logged_at: float = 0.0
+    repeats: int = 0
+    # discovered entries only (see _on_discovered):
+    announced: bool = True  # no goodbye since it was last announced
+    failures: int = 0  # connection attempts failed in a row
+    refusals: int = 0  # of which handshakes refused
+    down_since: float = field(default_factory=time.monotonic)  # without a link since
 
     def free(self, bucket: str) -> float:
         load = self.loads.get(bucket)
@@ -148,6 +180,14 @@ class Discovered:
 
 
 @dataclass(frozen=True, slots=True)
+class DiscoveredCheck:
+    """Timer: drop the discovered entry at ``address`` if it still has no link at ``due``."""
+
+    address: tuple[str, int]
+    due: float
+
+
+@dataclass(frozen=True, slots=True)
 class ServeFill:
     """A peer asks this node to fill a task; answered (accepted, code, text)."""
 
@@ -198,6 +238,12 @@ class GroupActor(RuntimeActor):
         self._route_ids = itertools.count(1)
         self._decoder = FrameDecoder(network.max_frame)
         self._stopped = False
+        # (address, node) of discovered entries dropped without ever connecting
+        # -> (ignored until, backoff); see _give_up.
+        self._given_up: collections.OrderedDict[
+            tuple[tuple[str, int], str | None], tuple[float, float]
+        ] = collections.OrderedDict()
+        self._table_full_warned = 0.0
 
     def on_failure(
         self,
@@ -239,6 +285,9 @@ class GroupActor(RuntimeActor):
             return None
         if kind is Discovered:
             self._on_discovered(message.event)
+            return None
+        if kind is DiscoveredCheck:
+            self._on_discovered_check(message)
             return None
         if kind is GetPeers:
             return [self._info(p) for p in self.peers.values()]
@@ -412,6 +461,14 @@ class GroupActor(RuntimeActor):
 
     # peers ---------------------------------------------------------------------------------
     def _on_discovered(self, event: PeerEvent) -> None:
+        """A peer source's report. For discovered peers (not the static list) it is a hint:
+
+        * an announcement never redirects a node that is connected at another address;
+        * a goodbye never removes a peer whose authenticated connection is alive: it is
+          only noted, and the entry goes when that connection closes (or misses pings);
+        * an entry that does not connect is dropped after a bounded number of attempts
+          (see :meth:`_discovered_changed`), and the table of them is bounded.
+        """
         if isinstance(event, PeerUp):
             peer = self.peers.get(event.address)
             if peer is None:
@@ -421,6 +478,9 @@ class GroupActor(RuntimeActor):
                     p.node == event.node and p.up for p in self.peers.values()
                 ):
                     return  # already connected to that node at another address
+                discovered = event.source != "static"
+                if discovered and (self._given_up_for(event) or not self._room_for_discovered()):
+                    return
                 me = self.actor_ref
                 address = event.address
 
@@ -431,19 +491,107 @@ class GroupActor(RuntimeActor):
                 peer = _Peer(address, event.source, ref, node=event.node, buckets=event.buckets)
                 self.peers[address] = peer
                 ref.start()
-            elif event.buckets:
+                if discovered:
+                    self._check_later(peer)
+                return
+            if peer.source == event.source:
+                peer.announced = True
+            if event.buckets and not peer.up:  # once connected, its HELLO is the truth
                 peer.buckets = event.buckets
         elif isinstance(event, PeerDown):
             peer = self.peers.get(event.address)
-            if peer is not None and peer.source == event.source:
-                del self.peers[event.address]
-                peer.ref.stop()
-                logger.info("peer %s left (%s)", event.address, event.source)
+            if peer is None or peer.source != event.source:
+                return
+            if peer.up:
+                # Anyone can send a goodbye: a live, authenticated link decides.
+                peer.announced = False
+                logger.info(
+                    "peer %s: %s goodbye noted; kept while its connection is alive",
+                    event.address,
+                    event.source,
+                )
+                return
+            self._drop(peer, f"left ({event.source} goodbye)")
+
+    def _discovered_changed(self, peer: _Peer, msg: PeerChanged) -> bool:
+        """Track a discovered entry's link; True if the entry was dropped."""
+        if msg.kind == "up":
+            peer.failures = peer.refusals = 0
+            self._given_up.pop((peer.address, peer.node), None)
+        elif msg.kind in ("unreachable", "refused"):
+            peer.failures += 1
+            if msg.kind == "refused":
+                peer.refusals += 1
+            if peer.failures >= DISCOVERED_MAX_FAILURES or peer.refusals >= DISCOVERED_MAX_REFUSALS:
+                what = "handshakes refused" if msg.kind == "refused" else "attempts failed"
+                count = peer.refusals if msg.kind == "refused" else peer.failures
+                self._give_up(peer, f"{count} {what} in a row (last: {msg.payload})")
+                return True
+        elif msg.kind == "down":
+            peer.down_since = time.monotonic()
+            if not peer.announced:
+                self._drop(peer, "left (goodbye, then its connection closed)")
+                return True
+            self._check_later(peer)
+        return False
+
+    def _check_later(self, peer: _Peer) -> None:
+        due = peer.down_since + DISCOVERED_DOWN_LIMIT
+        self.runtime.timers.schedule(due, self.actor_ref, DiscoveredCheck(peer.address, due))
+
+    def _on_discovered_check(self, msg: DiscoveredCheck) -> None:
+        peer = self.peers.get(msg.address)
+        if peer is None or peer.up or self._stopped:
+            return
+        if peer.down_since + DISCOVERED_DOWN_LIMIT != msg.due:
+            return  # it had a link since this check was set
+        self._give_up(peer, f"no connection for {DISCOVERED_DOWN_LIMIT:g} s")
+
+    def _given_up_for(self, event: PeerUp) -> bool:
+        entry = self._given_up.get((event.address, event.node))
+        return entry is not None and entry[0] > time.monotonic()
+
+    def _give_up(self, peer: _Peer, why: str) -> None:
+        """Drop a discovered entry that does not connect; one that never did is ignored a while."""
+        if peer.last_seen is None:  # never connected: do not dial it again for a while
+            key = (peer.address, peer.node)
+            _until, backoff = self._given_up.pop(key, (0.0, GIVE_UP_FIRST / 2))
+            backoff = min(backoff * 2, GIVE_UP_MAX)
+            self._given_up[key] = (time.monotonic() + backoff, backoff)
+            while len(self._given_up) > MAX_GIVEN_UP:
+                self._given_up.popitem(last=False)
+            why = f"{why}; not dialled again for {backoff:g} s"
+        self._drop(peer, why)
+
+    def _room_for_discovered(self) -> bool:
+        """Below MAX_DISCOVERED, or room made by evicting an entry that never connected."""
+        discovered = [p for p in self.peers.values() if p.source != "static"]
+        if len(discovered) < MAX_DISCOVERED:
+            return True
+        never = [p for p in discovered if not p.up and p.last_seen is None]
+        if never:
+            self._drop(min(never, key=lambda p: p.down_since), "evicted: the table is full")
+            return True
+        now = time.monotonic()
+        if now - self._table_full_warned > 60:
+            self._table_full_warned = now
+            logger.warning(
+                "%d discovered peers are known already: ignoring new announcements", len(discovered)
+            )
+        return False
+
+    def _drop(self, peer: _Peer, why: str) -> None:
+        if self.peers.get(peer.address) is peer:
+            del self.peers[peer.address]
+        peer.ref.stop()
+        logger.info("peer %s:%s dropped: %s", peer.address[0], peer.address[1], why)
 
     def _on_peer_changed(self, msg: PeerChanged) -> None:
         peer = self.peers.get(msg.address)
         if peer is None:
             return
+        if peer.source != "static" and self._discovered_changed(peer, msg):
+            return  # a discovered entry dropped
         if msg.kind == "up":
             hello: PeerHello = msg.payload
             twin = next(
@@ -462,6 +610,8 @@ class GroupActor(RuntimeActor):
             peer.node = hello.node
             peer.buckets = hello.buckets
             peer.last_seen = time.monotonic()
+            peer.reason = None
+            peer.logged, peer.repeats = None, 0
             logger.info("peer %s up (node %s)", msg.address, hello.node)
         elif msg.kind == "down":
             if peer.up:
@@ -469,6 +619,12 @@ class GroupActor(RuntimeActor):
             peer.up = False
             peer.loads = {}
             peer.sent_since_report = {}
+            peer.reason = str(msg.payload)
+        elif msg.kind in ("unreachable", "refused"):
+            reason = str(msg.payload)
+            if msg.kind == "refused":
+                reason = f"handshake refused: {reason}"
+            self._trouble(peer, reason)
         elif msg.kind == "load":
             loads: dict[str, Any] = msg.payload
             peer.loads = {k: (int(v[0]), int(v[1])) for k, v in loads.items()}
@@ -479,6 +635,27 @@ class GroupActor(RuntimeActor):
             peer.sent_since_report = in_flight
             peer.last_seen = time.monotonic()
 
+    def _trouble(self, peer: _Peer, reason: str) -> None:
+        """A connection attempt failed: log it once, then at most once per PEER_LOG_INTERVAL."""
+        peer.reason = reason
+        now = time.monotonic()
+        host, port = peer.address
+        if reason == peer.logged and now - peer.logged_at < PEER_LOG_INTERVAL:
+            peer.repeats += 1
+            return
+        if reason == peer.logged:
+            logger.warning(
+                "peer %s:%s still down: %s (%d more attempts in the last %.0f s)",
+                host,
+                port,
+                reason,
+                peer.repeats,
+                now - peer.logged_at,
+            )
+        else:
+            logger.warning("peer %s:%s is down: %s (retrying with back-off)", host, port, reason)
+        peer.logged, peer.logged_at, peer.repeats = reason, now, 0
+
     def _info(self, peer: _Peer) -> PeerInfo:
         return PeerInfo(
             peer.address,
@@ -488,6 +665,7 @@ class GroupActor(RuntimeActor):
             dict(peer.loads),
             peer.last_seen,
             peer.buckets,
+            None if peer.up else peer.reason,
         )
 
     def _stop_all(self) -> None:

@@ -12,7 +12,9 @@ import asyncio
 import collections
 import itertools
 import logging
+import os
 import random
+import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -26,9 +28,17 @@ from gobucket.wire.protocol import MessageType, ProtocolError
 if TYPE_CHECKING:
     from gobucket.wire.node import NetworkNode
 
-__all__ = ["NotSentError", "PeerLostError", "RemoteGroupRef"]
+__all__ = ["MAX_IN_FLIGHT_PER_PEER", "NotSentError", "PeerLostError", "RemoteGroupRef"]
 
 logger = logging.getLogger("gobucket.wire")
+
+MAX_IN_FLIGHT_PER_PEER = 32_768
+"""Most fills sent to one peer and not yet answered; one more is not sent (``NotSentError``:
+the group tries the next peer). The routing keeps far fewer in flight as a rule: no more
+than the room the peer last reported (see ``docs/group.md``, *Limits*)."""
+
+CONNECT_TIMEOUT = 3.0
+"""Seconds a TCP connect to a peer may take."""
 
 Reply = dict[str, Any] | BaseException
 ReplyCallback = Callable[[Reply], None]
@@ -49,7 +59,9 @@ class RemoteGroupRef:
         node: this node's network side (loop, identity, secret).
         address: the peer's (host, port).
         events: called on the network loop with ``("up", PeerHello)``,
-            ``("down", reason)``, ``("load", loads)`` or ``("refused", reason)``.
+            ``("down", reason)``, ``("load", loads)``, ``("refused", reason)`` (the
+            handshake failed) or ``("unreachable", reason)`` (no connection); each
+            reason is a short text for people (logs, ``PeerInfo.reason``).
         ping_interval: seconds between pings; 3 missed pings mark the peer down.
     """
 
@@ -73,6 +85,8 @@ class RemoteGroupRef:
         self._missed = 0
         self._outbox: collections.deque[tuple[dict[str, Any], ReplyCallback]] = collections.deque()
         self._flush_scheduled = False
+        self.attempts = 0  # connection attempts so far (for logs and tests)
+        self._close_reason: str | None = None  # why this side closed the live connection
 
     def __repr__(self) -> str:
         node = self.hello.node if self.hello else "?"
@@ -156,6 +170,13 @@ class RemoteGroupRef:
         if conn is None or conn.closed:
             callback(NotSentError(f"peer {self.address} is not connected"))
             return
+        if len(self._pending) >= MAX_IN_FLIGHT_PER_PEER and message["t"] != MessageType.PING:
+            callback(
+                NotSentError(
+                    f"{MAX_IN_FLIGHT_PER_PEER} requests to {self.address} await an answer already"
+                )
+            )
+            return
         rid = next(self._ids)
         key = "seq" if message["t"] == MessageType.PING else "rid"
         message = {**message, key: rid}
@@ -179,9 +200,15 @@ class RemoteGroupRef:
         backoff = 0.05
         host, port = self.address
         while not self._stopped:
+            self.attempts += 1
             try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 3.0)
-            except (OSError, TimeoutError):
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host, port), CONNECT_TIMEOUT
+                )
+            except (OSError, TimeoutError) as error:
+                reason = _unreachable(host, error)
+                logger.debug("cannot connect to %s:%s: %s", host, port, reason)
+                self.events("unreachable", reason)
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 2.0)
                 continue
@@ -195,7 +222,8 @@ class RemoteGroupRef:
                     self.node.handshake_timeout,
                 )
             except (ProtocolError, FrameError, ValueError, OverflowError) as error:
-                logger.warning("peer %s:%s refused the handshake: %s", host, port, error)
+                # logged by the group, once and then rate-limited (PeerChanged "refused")
+                logger.debug("peer %s:%s refused the handshake: %s", host, port, error)
                 conn.fail(getattr(error, "code", "bad_frame"), str(error))
                 self.events("refused", str(error))
                 if getattr(error, "code", "") == "self":
@@ -204,8 +232,10 @@ class RemoteGroupRef:
                 await asyncio.sleep(max(backoff, 1.0) * (0.5 + random.random()))
                 backoff = min(backoff * 2, 5.0)
                 continue
-            except (ConnectionError, TimeoutError, OSError):
+            except (ConnectionError, TimeoutError, OSError) as error:
                 conn.close()
+                failed = "timed out" if isinstance(error, TimeoutError) else str(error)
+                self.events("unreachable", f"handshake failed: {failed or 'connection lost'}")
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, 2.0)
                 continue
@@ -213,6 +243,7 @@ class RemoteGroupRef:
             self.hello = hello
             self._conn = conn
             self._missed = 0
+            self._close_reason = None
             self.events("up", hello)
             pinger = asyncio.get_running_loop().create_task(self._ping_forever(conn))
             reason = "connection closed"
@@ -222,6 +253,7 @@ class RemoteGroupRef:
                 pinger.cancel()
                 conn.close()
                 self._conn = None
+                reason = self._close_reason or reason
                 lost, self._pending = self._pending, {}
                 for callback in lost.values():
                     callback(PeerLostError(f"lost {host}:{port} before its reply ({reason})"))
@@ -254,7 +286,9 @@ class RemoteGroupRef:
     async def _ping_forever(self, conn: Connection) -> None:
         while not conn.closed:
             if self._missed >= 3:
-                logger.warning("peer %s missed 3 pings: marking it down", self.address)
+                silent = self._missed * self.ping_interval
+                self._close_reason = f"missed 3 pings (no answer for {silent:.1f} s)"
+                logger.debug("peer %s %s: closing", self.address, self._close_reason)
                 conn.close()
                 return
             self._missed += 1
@@ -269,3 +303,15 @@ class RemoteGroupRef:
 
 def _ignore(_reply: Reply) -> None:
     return None
+
+
+def _unreachable(host: str, error: BaseException) -> str:
+    """Why a connect failed, for people: "cannot connect: connection refused" and the like."""
+    if isinstance(error, socket.gaierror):
+        return f"cannot resolve {host}: {error.strerror or error}"
+    if isinstance(error, TimeoutError):
+        return f"cannot connect: timed out after {CONNECT_TIMEOUT:g} s"
+    number = getattr(error, "errno", None)
+    if isinstance(number, int) and number > 0:
+        return f"cannot connect: {os.strerror(number).lower()}"
+    return f"cannot connect: {error}"

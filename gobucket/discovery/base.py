@@ -27,7 +27,11 @@ class PeerUp:
 
 @dataclass(frozen=True, slots=True)
 class PeerDown:
-    """The peer at ``address`` left (a goodbye, or the source lost it)."""
+    """The peer at ``address`` left (a goodbye, or the source lost it).
+
+    For a discovered peer this is a hint: the group keeps a peer whose
+    authenticated connection is alive, and drops it when that connection ends.
+    """
 
     address: tuple[str, int]
     source: str

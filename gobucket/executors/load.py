@@ -20,42 +20,16 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import TYPE_CHECKING
+
+from gobucket._ratelimit import RateLimitedLog
 
 if TYPE_CHECKING:
     from gobucket.context import TaskContext
 
-__all__ = ["LoadSnapshot", "RateLimitedLog", "WorkLoad"]
+__all__ = ["LoadSnapshot", "WorkLoad"]
 
 logger = logging.getLogger("gobucket.executors")
-
-
-class RateLimitedLog:
-    """Logs a warning at most once per ``interval`` seconds per key, counting the rest."""
-
-    __slots__ = ("_interval", "_last", "_lock", "_suppressed")
-
-    def __init__(self, interval: float = 30.0) -> None:
-        self._interval = interval
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def warning(self, key: str, message: str, *args: object) -> None:
-        """Log ``message % args`` unless ``key`` was logged less than ``interval`` ago."""
-        now = time.monotonic()
-        with self._lock:
-            last = self._last.get(key)
-            if last is not None and now - last < self._interval:
-                self._suppressed[key] = self._suppressed.get(key, 0) + 1
-                return
-            self._last[key] = now
-            suppressed = self._suppressed.pop(key, 0)
-        if suppressed:
-            message += " (%d similar warning(s) suppressed)"
-            args = (*args, suppressed)
-        logger.warning(message, *args)
 
 
 class LoadSnapshot:
@@ -79,7 +53,7 @@ class WorkLoad:
         self._lock = threading.Lock()
         self._queued = 0
         self._running: dict[str, TaskContext] = {}
-        self.warnings = RateLimitedLog()
+        self.warnings = RateLimitedLog(logger)
 
     def submitted(self) -> None:
         """An ``on_execute`` call was queued for a worker."""

@@ -24,9 +24,10 @@ from typing import Any
 
 import pykka
 
+from gobucket._ratelimit import RateLimitedLog
 from gobucket.actors.messages import HookKind
 from gobucket.executors.base import report
-from gobucket.executors.load import RateLimitedLog, WorkLoad
+from gobucket.executors.load import WorkLoad
 
 __all__ = ["ThreadHookRunner"]
 
@@ -70,7 +71,7 @@ class ThreadHookRunner:
         self._local = threading.local()
         self._name = name
         self._stopping = False
-        self._warnings = RateLimitedLog()
+        self._warnings = RateLimitedLog(logger)
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
             for i in range(workers)

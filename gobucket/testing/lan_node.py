@@ -1,11 +1,13 @@
 """A gobucket node driven over stdin/stdout, for multi-process and LAN tests.
 
-Run: ``python -m gobucket.testing.lan_node --host 10.77.0.1 --cluster lab --max 1``
+Run: ``python -m gobucket.testing.lan_node --host 10.77.0.1 --cluster lab --secret s --max 1``
+(discovery needs ``--secret``, or ``--insecure``; ``--no-discovery`` keeps it static)
 
 It prints one JSON line per event (``ready`` with its address, then one line
 per command result) and reads commands, one JSON object per line:
 ``{"cmd": "peers"}``, ``{"cmd": "fill", "n": 100, "prefix": "t", "run_after": 30}``,
-``{"cmd": "count"}``, ``{"cmd": "stop"}``.
+``{"cmd": "count"}``, ``{"cmd": "discovery"}`` (mDNS counters and the peers it
+knows now), ``{"cmd": "stop"}``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import threading
 from typing import Any
 
 from gobucket import BucketConfig, Executor, TaskBucket, TaskBucketGroup, TaskType
+from gobucket.discovery.mdns import MdnsDiscovery
 
 __all__ = ["main"]
 
@@ -38,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ping", type=float, default=0.3)
     parser.add_argument("--peer", action="append", default=[])
     parser.add_argument("--no-discovery", action="store_true")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow mDNS discovery without --secret (trusted networks only)",
+    )
     args = parser.parse_args(argv)
 
     failures: list[dict[str, Any]] = []
@@ -56,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         discovery=not args.no_discovery,
         interfaces=[args.host],
+        insecure=args.insecure,
     )
 
     def failed(peer: str, bucket_name: str, task_id: str, error: BaseException) -> None:
@@ -120,6 +129,18 @@ def main(argv: list[str] | None = None) -> int:
             _emit({"event": "filled", "placed": placed, "raised": raised, "reported": reported})
         elif cmd == "count":
             _emit({"event": "count", "alive": len(bucket)})
+        elif cmd == "discovery":
+            mdns = next((s for s in group._sources if isinstance(s, MdnsDiscovery)), None)
+            _emit(
+                {
+                    "event": "discovery",
+                    "stats": mdns.stats() if mdns is not None else {},
+                    "known": [
+                        {"node": e.node, "address": list(e.address)}
+                        for e in (mdns.known_peers() if mdns is not None else [])
+                    ],
+                }
+            )
         elif cmd == "stop":
             break
     group.stop()
