@@ -77,8 +77,9 @@ class TaskBucketGroup:
         port: where to listen (0 picks a free port; see :attr:`address`).
         ping_interval: seconds between load pings; 3 missed pings mark a peer down.
         secret: a shared cluster secret (non-empty ``str`` or ``bytes``); peers must
-            prove it (HMAC). Without one, only connections from addresses on ``peers``
-            are accepted (trusted networks only).
+            prove it (a Noise handshake) and all traffic is encrypted. Without one,
+            only connections from addresses on ``peers`` are accepted, in clear
+            (trusted networks only).
         cluster: the cluster name; nodes of other clusters are refused.
         host: the address to listen on.
         node_id: this node's id (a random one by default).

@@ -281,3 +281,17 @@ def test_fuzz_corrupted_frames_only_ever_raise_frame_error(
         decoder.feed(bytes(raw[cut:]))
     except FrameError:
         pass
+
+
+def test_a_frame_of_too_many_lists_and_maps_is_refused_quickly():
+    import time
+
+    decoder = FrameDecoder()  # 1 MiB frames: at most 65,536 lists/maps
+    costly = msgpack.packb({"t": "fill", "data": [[] for _ in range(250_000)]})
+    assert len(costly) < decoder.max_frame
+    started = time.perf_counter()
+    with pytest.raises(FrameError, match="lists/maps"):
+        decoder.decode_body(costly)
+    assert time.perf_counter() - started < 0.2  # whole decode took ~0.35 s before
+    fine = msgpack.packb({"t": "x", "rows": [{"a": i} for i in range(60_000)]})
+    assert len(decoder.decode_body(fine)["rows"]) == 60_000

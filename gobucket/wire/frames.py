@@ -16,13 +16,26 @@ from typing import Any
 
 import msgpack
 
-__all__ = ["DEFAULT_MAX_FRAME", "MAX_DEPTH", "FrameDecoder", "FrameError", "encode_frame", "pack"]
+__all__ = [
+    "CONTAINERS_PER_BYTE",
+    "DEFAULT_MAX_FRAME",
+    "MAX_DEPTH",
+    "FrameDecoder",
+    "FrameError",
+    "encode_frame",
+    "pack",
+]
 
 DEFAULT_MAX_FRAME = 1 << 20
 """Largest frame accepted by default (1 MiB)."""
 
 MAX_DEPTH = 32
 """Deepest nesting of lists and maps accepted in a frame."""
+
+CONTAINERS_PER_BYTE = 1 / 16
+"""Lists and maps a frame may hold per byte of ``max_frame`` (65,536 for 1 MiB)."""
+
+MIN_CONTAINERS = 1024
 
 _HEADER = struct.Struct(">I")
 
@@ -115,8 +128,24 @@ class FrameDecoder:
         return messages
 
     def decode_body(self, body: bytes) -> dict[str, Any]:
-        """Decode one frame body into a message map."""
+        """Decode one frame body into a message map.
+
+        At most :data:`CONTAINERS_PER_BYTE` ``* max_frame`` lists and maps are
+        built (at least 1,024): a frame of a million empty arrays is refused
+        after a few milliseconds instead of costing the loop a third of a second.
+        """
         limit = self.max_frame
+        left = max(MIN_CONTAINERS, int(limit * CONTAINERS_PER_BYTE))
+
+        def counted(container: Any) -> Any:
+            nonlocal left
+            left -= 1
+            if left < 0:
+                raise FrameError(
+                    f"frame holds more than {limit * CONTAINERS_PER_BYTE:.0f} lists/maps"
+                )
+            return container
+
         try:
             value = msgpack.unpackb(
                 body,
@@ -129,6 +158,8 @@ class FrameDecoder:
                 max_map_len=limit // 4,
                 max_ext_len=0,
                 timestamp=0,
+                list_hook=counted,
+                object_hook=counted,
             )
         except FrameError:
             raise
