@@ -152,3 +152,17 @@ def test_peer_fill_with_a_far_future_duration_is_refused(
         assert accepted == {"t": "ack", "rid": 2, "ok": True}
         group_helpers.wait_until(lambda: "near" in executor.executed_ids(), what="near fired")
         raw.ping(seq=3)
+
+
+def test_peer_fill_with_a_task_id_over_one_kib_is_refused(cluster: Cluster) -> None:
+    bucket = cluster.bucket(executor=group_helpers.RecordingExecutor())
+    server = cluster.group(bucket)
+    with RawPeer(server.address) as raw:
+        raw.handshake()
+        long_id = "x" * 1025
+        refused = raw.fill(long_id, None, rid=1, run_after=0.0, life_span=WAIT)
+        assert (refused["ok"], refused["code"]) == (False, "bad_data")
+        assert "limit is 1024" in refused["msg"]
+        assert long_id not in bucket
+        accepted = raw.fill("y" * 1024, None, rid=2, run_after=0.0, life_span=WAIT)
+        assert accepted["ok"] is True
