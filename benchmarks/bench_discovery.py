@@ -3,8 +3,8 @@
 Run ``python benchmarks/bench_discovery.py`` (root: a virtual LAN of network
 namespaces; otherwise loopback). ``--reps N`` sets the repetitions (default 5),
 ``--mode loopback`` forces the fallback, ``--no-secret`` runs the nodes without a
-secret (``insecure=True``: discovered addresses join the allow list). Results go to ``benchmarks/results/bench_discovery.json``
-(``--out`` to change).
+secret (``insecure=True``: discovered addresses join the allow list). Results go to
+``benchmarks/results/bench_discovery.json`` (``--out`` to change).
 
 One *observer* node A (cluster bucket of 1 slot, kept full) watches *subject*
 nodes, each a ``gobucket.testing.lan_node`` child process, come and go:
