@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +36,9 @@ logger = logging.getLogger("gobucket.executors")
 
 _Job = tuple[Callable[..., Any], tuple[Any, ...], pykka.ActorRef[Any], HookKind, WorkLoad | None]
 _EXECUTE = HookKind.EXECUTE
+
+SATURATION_GRACE = 1.0
+"""Seconds calls must keep waiting for a worker before the saturation warning."""
 
 
 class ThreadHookRunner:
@@ -65,6 +69,7 @@ class ThreadHookRunner:
         self._lock = threading.Lock()
         self._idle = 0  # execute workers waiting for a job
         self._backlog = 0  # execute jobs queued and not yet taken by a worker
+        self._saturated_since: float | None = None  # calls have waited for a worker since
         self._end_idle = 0  # end workers waiting for a job
         self._extra = 0  # short-lived end threads running now
         self._extra_max = extra_end_workers
@@ -106,7 +111,7 @@ class ThreadHookRunner:
                 waits = self._backlog > self._idle  # more calls queued than idle workers
             if load is not None:
                 load.submitted()
-                if waits:
+                if waits and self._saturated_for() >= SATURATION_GRACE:
                     self._warnings.warning(
                         "saturated",
                         "all %d hook workers are busy running on_execute: calls now wait for a "
@@ -130,6 +135,15 @@ class ThreadHookRunner:
             self._ends.put(None)  # wake an end worker to look at the urgent queue
         if self._end_idle <= 0:
             self._spawn_extra()
+
+    def _saturated_for(self) -> float:
+        """Seconds since calls started to wait for a worker (a short burst is not news)."""
+        now = time.monotonic()
+        since = self._saturated_since
+        if since is None:
+            self._saturated_since = now
+            return 0.0
+        return now - since
 
     def stop(self) -> None:
         """Ask the workers to exit once the queues ahead of them are done."""
@@ -212,6 +226,8 @@ class ThreadHookRunner:
                 self._idle -= 1
                 if job is not None:
                     self._backlog -= 1
+                    if self._backlog == 0:
+                        self._saturated_since = None
             if job is None:
                 if self._stopping:
                     return
