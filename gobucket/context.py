@@ -30,6 +30,7 @@ class TaskContext:
 
     __slots__ = (
         "_cancelled",
+        "_cancelled_at",
         "_event",
         "_started",
         "attempt",
@@ -55,6 +56,7 @@ class TaskContext:
         self.deadline = deadline
         self.attempt = 0
         self._cancelled = False
+        self._cancelled_at = 0.0
         self._started = False  # this attempt's on_execute was taken by a worker
         self._event: threading.Event | None = None
 
@@ -86,6 +88,7 @@ class TaskContext:
     def _cancel(self) -> None:
         # The flag is written before the event is read, and wait_cancelled
         # reads the flag after it published the event: no lock needed here.
+        self._cancelled_at = time.monotonic()
         self._cancelled = True
         event = self._event
         if event is not None:

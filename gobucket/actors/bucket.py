@@ -173,7 +173,7 @@ class BucketActor(RuntimeActor):
             self.load.warnings.warning(
                 "overrun-fill",
                 "[%s] a fill of task %r was refused: the on_execute of the ended task with "
-                "that id is still running",
+                "that id is still running (overrunning); its id is free once it returns",
                 self.config.name,
                 task_id,
             )

@@ -40,7 +40,6 @@ ENDING = 3
 ENDED = 4
 HANDING = 5
 _LIVE = (WAITING, RUNNING, RETRY_WAIT, HANDING)
-_CUT_SHORT = (m.Outcome.EXHAUSTED, m.Outcome.PANICKED)
 
 
 class TaskSpec:
@@ -248,13 +247,6 @@ class TaskActor(RuntimeActor):
     def _end(
         self, outcome: m.Outcome, error: BaseException | None = None, *, urgent: bool = False
     ) -> None:
-        if (
-            outcome in _CUT_SHORT
-            and self.state == RUNNING
-            and self.ctx._started
-            and self._running is None
-        ):
-            self._warn_overrun(outcome.value)
         self.state = ENDING
         self.outcome = outcome
         # Only an end that cuts the task short cancels its context.
@@ -308,8 +300,6 @@ class TaskActor(RuntimeActor):
                 err = TaskNotFoundError(self.task_id, "is already ending")
                 reply.set_exception((type(err), err, None))
             return False
-        if self.state == RUNNING and self.ctx._started and self._running is None:
-            self._warn_overrun("drained")
         self.state = ENDED
         self.outcome = m.Outcome.DRAINED
         self._disarm()
@@ -344,17 +334,6 @@ class TaskActor(RuntimeActor):
         if state == RUNNING and self.spec.load.cancel_unstarted(self.ctx):
             return self._panic()  # still queued for a worker: it never starts
         return None
-
-    def _warn_overrun(self, how: str) -> None:
-        self.spec.load.warnings.warning(
-            "overrun",
-            "[%s] task %s was %s while its plain on_execute is still running (it cannot be "
-            "stopped); its id stays reserved until on_execute returns. Make long hooks watch "
-            "ctx.cancelled, or use async def hooks",
-            self.spec.name,
-            self.task_id,
-            how,
-        )
 
     def _record(self) -> RescuedTask:
         """What a rescue sink stores of this task."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from gobucket._ratelimit import RateLimitedLog
@@ -27,7 +28,10 @@ from gobucket._ratelimit import RateLimitedLog
 if TYPE_CHECKING:
     from gobucket.context import TaskContext
 
-__all__ = ["LoadSnapshot", "WorkLoad"]
+__all__ = ["OVERRUN_WARNING", "LoadSnapshot", "WorkLoad"]
+
+OVERRUN_WARNING = 1.0
+"""An ``on_execute`` returning this many seconds after its task ended is logged."""
 
 logger = logging.getLogger("gobucket.executors")
 
@@ -79,6 +83,18 @@ class WorkLoad:
         with self._lock:
             if self._running.get(ctx.task_id) is ctx:
                 del self._running[ctx.task_id]
+        if ctx._cancelled:
+            late = time.monotonic() - ctx._cancelled_at
+            if late >= OVERRUN_WARNING:
+                self.warnings.warning(
+                    "overrun",
+                    "[%s] the on_execute of task %s returned %.1f s after its task ended "
+                    "(exhausted, drained or rescued); its id was reserved until then. Make "
+                    "long hooks watch ctx.cancelled, or use async def hooks",
+                    self.name,
+                    ctx.task_id,
+                    late,
+                )
 
     def cancel_unstarted(self, ctx: TaskContext) -> bool:
         """Cancel ``ctx`` if its ``on_execute`` has not started; True if it was cancelled.
