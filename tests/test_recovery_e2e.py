@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import pytest
 
 from gobucket import BucketConfig, Executor, JsonlRescueSink, RedisRescueSink, TaskBucket, TaskType
 from gobucket import replay as replay_sink
+from tests.child_process import ChildProcess
 from tests.nodes.rescue_child import LIFE_SPAN, RUN_AFTER, task_data
 from tests.redis_fixture import redis_url  # noqa: F401  (a fixture)
 
@@ -29,72 +28,11 @@ EXIT_WAIT = 30.0  # for a signalled child to rescue ~1000 tasks and exit
 SIGNAL_IN_FILL_WAIT = 15.0  # 20 tasks: seconds even on a loaded machine
 
 
-class Child:
-    """A rescue_child.py process whose stdout lines are collected by a reader thread."""
+class Child(ChildProcess):
+    """A rescue_child.py process."""
 
     def __init__(self, args: list[str], log: Path) -> None:
-        self._log = open(log, "wb")  # noqa: SIM115 - closed in kill()
-        self.log = log
-        self.proc = subprocess.Popen(
-            [sys.executable, str(CHILD), *args], stdout=subprocess.PIPE, stderr=self._log
-        )
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._eof = False
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            with self._cond:
-                self.lines.append(raw.decode().rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._eof = True
-            self._cond.notify_all()
-
-    def wait_for(self, predicate: Callable[[str], bool], timeout: float = WAIT) -> str:
-        """Wait for a stdout line matching ``predicate``; fail if the child ends first."""
-        seen = 0
-        with self._cond:
-            deadline = time.monotonic() + timeout
-            while True:
-                for line in self.lines[seen:]:
-                    if predicate(line):
-                        return line
-                seen = len(self.lines)
-                if self._eof:
-                    pytest.fail(f"child ended without the expected line; stderr:\n{self.stderr()}")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    pytest.fail(f"child did not print the expected line in {timeout}s")
-                self._cond.wait(left)
-
-    def finish(self, timeout: float = EXIT_WAIT) -> int:
-        """Wait for the child to exit and for its last output; kill it and fail if it hangs."""
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(
-                f"the child did not exit within {timeout}s (hung); stderr:\n{self.stderr()}"
-            )
-        finally:
-            self.kill()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(WAIT)
-        self._reader.join(WAIT)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._log.close()
-
-    def stderr(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log.read_text(errors="replace")
+        super().__init__(CHILD, args, log)
 
 
 @pytest.fixture

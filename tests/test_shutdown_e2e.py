@@ -16,7 +16,6 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +35,7 @@ from gobucket import (
     TaskType,
 )
 from gobucket import replay as replay_sink
+from tests.child_process import ChildProcess
 from tests.nodes.shutdown_child import BOMB_LIFE, BOMB_WAIT, NAME, bomb_data
 from tests.redis_fixture import _stop, redis_url, start_redis  # noqa: F401  (a fixture)
 
@@ -54,85 +54,11 @@ RESCUE_LOG = re.compile(
 )
 
 
-class Child:
-    """A shutdown_child.py process whose stdout lines are collected by a reader thread."""
+class Child(ChildProcess):
+    """A shutdown_child.py process."""
 
     def __init__(self, args: list[str], log: Path) -> None:
-        self._log = open(log, "wb")  # noqa: SIM115 - closed in kill()
-        self.log = log
-        self.proc = subprocess.Popen(
-            [sys.executable, str(CHILD), *args], stdout=subprocess.PIPE, stderr=self._log
-        )
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._eof = False
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.signalled_at: float | None = None
-        self.exit_seconds: float | None = None
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            with self._cond:
-                self.lines.append(raw.decode().rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._eof = True
-            self._cond.notify_all()
-
-    def wait_for(self, predicate: Callable[[str], bool], timeout: float = WAIT) -> str:
-        """Wait for a stdout line matching ``predicate``; fail if the child ends first."""
-        seen = 0
-        with self._cond:
-            deadline = time.monotonic() + timeout
-            while True:
-                for line in self.lines[seen:]:
-                    if predicate(line):
-                        return line
-                seen = len(self.lines)
-                if self._eof:
-                    pytest.fail(f"child ended without the expected line; stderr:\n{self.stderr()}")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    pytest.fail(
-                        f"child did not print the expected line in {timeout}s; "
-                        f"stderr:\n{self.stderr()}"
-                    )
-                self._cond.wait(left)
-
-    def signal(self, signum: int) -> None:
-        self.signalled_at = time.monotonic()
-        self.proc.send_signal(signum)
-
-    def finish(self, timeout: float) -> int:
-        """Wait for the child to exit; fail (after killing it) if it takes longer."""
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(
-                f"the child did not exit within {timeout}s of the signal (hung); "
-                f"stderr:\n{self.stderr()}"
-            )
-        finally:
-            self.kill()
-        if self.signalled_at is not None:
-            self.exit_seconds = time.monotonic() - self.signalled_at
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(WAIT)
-        self._reader.join(WAIT)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self._log.close()
-
-    def stderr(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log.read_text(errors="replace")
+        super().__init__(CHILD, args, log)
 
     def rescue_counts(self) -> dict[str, int]:
         """Sum of the bucket's "rescued N task(s): S in the sink, F in the fallback..." lines."""

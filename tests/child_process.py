@@ -1,0 +1,98 @@
+"""A child Python program driven by a test: stdout lines collected, stderr to a file.
+
+Shared by the end-to-end recovery and shutdown tests.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+WAIT = 60.0  # generous: a loaded 2-core machine
+
+
+class ChildProcess:
+    """A child program whose stdout lines are collected by a reader thread."""
+
+    def __init__(self, script: Path, args: list[str], log: Path) -> None:
+        self._log = open(log, "wb")  # noqa: SIM115 - closed in kill()
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=self._log
+        )
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._eof = False
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.signalled_at: float | None = None
+        self.exit_seconds: float | None = None
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            with self._cond:
+                self.lines.append(raw.decode().rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[str], bool], timeout: float = WAIT) -> str:
+        """Wait for a stdout line matching ``predicate``; fail if the child ends first."""
+        seen = 0
+        with self._cond:
+            deadline = time.monotonic() + timeout
+            while True:
+                for line in self.lines[seen:]:
+                    if predicate(line):
+                        return line
+                seen = len(self.lines)
+                if self._eof:
+                    pytest.fail(f"child ended without the expected line; stderr:\n{self.stderr()}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    pytest.fail(
+                        f"child did not print the expected line in {timeout}s; "
+                        f"stderr:\n{self.stderr()}"
+                    )
+                self._cond.wait(left)
+
+    def signal(self, signum: int) -> None:
+        self.signalled_at = time.monotonic()
+        self.proc.send_signal(signum)
+
+    def finish(self, timeout: float = 30.0) -> int:
+        """Wait for the child to exit; fail (after killing it) if it takes longer."""
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(
+                f"the child did not exit within {timeout}s of the signal (hung); "
+                f"stderr:\n{self.stderr()}"
+            )
+        finally:
+            self.kill()
+        if self.signalled_at is not None:
+            self.exit_seconds = time.monotonic() - self.signalled_at
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(WAIT)
+        self._reader.join(WAIT)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._log.close()
+
+    def stderr(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log.read_text(errors="replace")
