@@ -15,8 +15,9 @@ from typing import Any, Self
 import pykka
 
 from gobucket.actors import messages as m
+from gobucket.actors.actor import call
 from gobucket.actors.bucket import BucketActor, BucketStats
-from gobucket.actors.runtime import ActorRuntime, call, default_runtime
+from gobucket.actors.runtime import ActorRuntime, default_runtime
 from gobucket.actors.supervisor import Supervise, Unsupervise
 from gobucket.config import BucketConfig, Duration, TaskType, to_seconds
 from gobucket.errors import (

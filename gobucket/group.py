@@ -15,6 +15,9 @@ from typing import Any, Self
 
 import pykka
 
+from gobucket.actors import messages as m
+from gobucket.actors._future import done_future
+from gobucket.actors.actor import call
 from gobucket.actors.group import (
     Discovered,
     GetLoads,
@@ -27,11 +30,12 @@ from gobucket.actors.group import (
     ServeFill,
     StopGroup,
 )
-from gobucket.actors.runtime import ActorRuntime, call, default_runtime
+from gobucket.actors.runtime import ActorRuntime, default_runtime
 from gobucket.actors.supervisor import Supervise, Unsupervise
 from gobucket.bucket import TaskBucket
 from gobucket.config import Duration, TaskType
 from gobucket.discovery.base import PeerEvent, PeerSource, PeerUp
+from gobucket.discovery.mdns import MdnsDiscovery
 from gobucket.discovery.static import StaticDiscovery
 from gobucket.errors import (
     BucketClosedError,
@@ -41,6 +45,7 @@ from gobucket.errors import (
     NoPeerAvailableError,
 )
 from gobucket.recovery.collect import RescueReport
+from gobucket.recovery.record import RescuedTask
 from gobucket.wire.connection import Identity, PeerHello
 from gobucket.wire.frames import DEFAULT_MAX_FRAME, pack
 from gobucket.wire.node import NetworkNode
@@ -169,8 +174,6 @@ class TaskBucketGroup:
         self.insecure: bool = insecure
         """Whether mDNS-discovered addresses join the no-secret allow list."""
         if discovery:
-            from gobucket.discovery.mdns import MdnsDiscovery
-
             self._sources.append(
                 MdnsDiscovery(
                     cluster, self.node_id, lambda: self.address[1], tuple(buckets), interfaces
@@ -352,9 +355,6 @@ class TaskBucketGroup:
 
     def _hand_off(self, timeout: float) -> int:
         """Move not-yet-started tasks to peers; rescue what no peer takes."""
-        from gobucket.actors import messages as m
-        from gobucket.recovery.record import RescuedTask
-
         assert self._ref is not None
         handed = 0
         for name, bucket in self._buckets.items():
@@ -487,8 +487,6 @@ class TaskBucketGroup:
                 f"task data cannot be sent to peers (msgpack: {error}); use plain "
                 "dicts, lists, str, bytes, numbers, bools and None"
             ) from None
-        from gobucket.actors._future import done_future
-
         if not local.closed:
             try:
                 call(local.actor_ref, message)

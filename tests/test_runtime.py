@@ -11,7 +11,8 @@ import pytest
 from conftest import WAIT
 
 from gobucket import ActorRuntime
-from gobucket.actors.runtime import RuntimeActor, default_runtime
+from gobucket.actors.actor import RuntimeActor
+from gobucket.actors.runtime import default_runtime
 
 
 class Calculator(RuntimeActor):

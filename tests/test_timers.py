@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from conftest import WAIT
 
-import gobucket.actors.runtime as runtime_module
-from gobucket.actors.runtime import RuntimeActor
+import gobucket._threads as threads_module
+from gobucket.actors.actor import RuntimeActor
 from gobucket.actors.timers import Timer, TimerService
 
 
@@ -235,7 +235,7 @@ def test_timers_due_but_undelivered_when_the_loop_faults_are_delivered(
     have reached its actor).
     """
     ref, received, wait_for = inbox
-    real_tell = runtime_module.tell_quietly
+    real_tell = threads_module.tell_quietly
     name = "test-timer-deliver"
     gate = threading.Event()
     in_gate = threading.Event()
@@ -255,7 +255,7 @@ def test_timers_due_but_undelivered_when_the_loop_faults_are_delivered(
         return real_tell(target, message)
 
     # The loop looks tell_quietly up when it starts: patch it before the service starts.
-    monkeypatch.setattr(runtime_module, "tell_quietly", tell)
+    monkeypatch.setattr(threads_module, "tell_quietly", tell)
     service = TimerService(name=name)
     try:
         service.schedule(time.monotonic(), ref, "gate")

@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pykka
 
+from gobucket.actors._pykka import init_future, set_get_hook_unset
+
 if TYPE_CHECKING:
-    from pykka._future import GetHookFunc
-    from pykka._types import OptExcInfo
+    from gobucket.actors._pykka import GetHookFunc, OptExcInfo
 
 __all__ = ["LatchFuture"]
 
@@ -34,8 +35,8 @@ class LatchFuture(pykka.Future[T]):
 
     def __init__(self) -> None:
         # pykka.Future.__init__ is skipped on purpose (it costs a microsecond we
-        # pay on every ask); the get-hook fields it sets are set here instead.
-        self._get_hook = None
+        # pay on every ask); the get-hook field it sets is set here instead.
+        init_future(self)
         self._value: Any = _UNSET
         self._exc_info: OptExcInfo | None = None
         self._latch = threading.Lock()
@@ -47,7 +48,7 @@ class LatchFuture(pykka.Future[T]):
 
     def get(self, *, timeout: float | None = None) -> Any:
         """Wait for the value (or raise the exception), like :meth:`pykka.Future.get`."""
-        if self._get_hook is not None:
+        if self._get_hook is not None:  # pykka private field (see gobucket.actors._pykka)
             return super().get(timeout=timeout)
         if not self.done():
             deadline = None if timeout is None else time.monotonic() + timeout
@@ -83,7 +84,7 @@ class LatchFuture(pykka.Future[T]):
         """Compute the value lazily on ``get`` (used by pykka's map/filter/join)."""
         if self.done():
             raise queue.Full
-        self._get_hook_result = pykka.Future().__dict__["_get_hook_result"]
+        set_get_hook_unset(self)
         super().set_get_hook(func)
 
 

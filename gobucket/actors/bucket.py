@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
+from gobucket._threads import tell_quietly
 from gobucket.actors import messages as m
-from gobucket.actors.runtime import RuntimeActor, tell_quietly
+from gobucket.actors.actor import RuntimeActor
+from gobucket.actors.supervisor import ChildFailed
 from gobucket.actors.task import TaskActor, TaskSpec
 from gobucket.config import BucketConfig, TaskType
 from gobucket.errors import (
@@ -153,8 +155,6 @@ class BucketActor(RuntimeActor):
         """Tell the root supervisor, with our live tasks, so that it can rescue and restart."""
         if self.supervisor_key is None:
             return
-        from gobucket.actors.supervisor import ChildFailed
-
         tell_quietly(
             self.runtime.supervisor,
             ChildFailed(self.supervisor_key, exception_value, list(self.tasks.items())),

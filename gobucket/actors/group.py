@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
-from gobucket.actors import messages as m
+from gobucket._threads import tell_quietly
+from gobucket.actors.actor import RuntimeActor, call
 from gobucket.actors.remote import NotSentError, PeerLostError, RemoteGroupRef
-from gobucket.actors.runtime import RuntimeActor, call, tell_quietly
+from gobucket.actors.supervisor import ChildFailed
 from gobucket.config import TaskType
 from gobucket.discovery.base import PeerDown, PeerEvent, PeerUp
 from gobucket.errors import (
@@ -263,8 +264,6 @@ class GroupActor(RuntimeActor):
         for peer in self.peers.values():
             peer.ref.stop()
         if self.supervisor_key is not None:
-            from gobucket.actors.supervisor import ChildFailed
-
             tell_quietly(
                 self.runtime.supervisor, ChildFailed(self.supervisor_key, exception_value, [])
             )
@@ -295,10 +294,6 @@ class GroupActor(RuntimeActor):
             return self._loads()
         if kind is StopGroup:
             self._stop_all()
-            return None
-        if kind is m.HookDone:
-            if message.error is not None:
-                logger.error("on_peer_schedule_failed raised", exc_info=message.error)
             return None
         return super().on_receive(message)
 
@@ -402,11 +397,8 @@ class GroupActor(RuntimeActor):
         if callback is not None:
             where = report or (next(iter(route.tried)) if route.tried else None)
             peer = f"{where[0]}:{where[1]}" if where else ""
-            self.runtime.threads.submit(
-                callback,
-                (peer, route.bucket, route.task_id, error),
-                self.actor_ref,
-                m.HookKind.END,
+            self.runtime.run_blocking(
+                _call_on_failed, callback, peer, route.bucket, route.task_id, error
             )
         route.reply.set_exception((type(error), error, None))
 
@@ -672,3 +664,11 @@ class GroupActor(RuntimeActor):
         self._stopped = True
         for peer in self.peers.values():
             peer.ref.stop()
+
+
+def _call_on_failed(callback: Callable[..., Any], *args: Any) -> None:
+    """Run the user's ``on_peer_schedule_failed`` (on a worker thread); log what it raises."""
+    try:
+        callback(*args)
+    except BaseException as error:  # also SystemExit, KeyboardInterrupt, as hooks are
+        logger.error("on_peer_schedule_failed raised", exc_info=error)

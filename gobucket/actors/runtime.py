@@ -1,293 +1,36 @@
-"""gobucket's actor runtime: many pykka actors on a few shared dispatcher threads.
+"""The composition root of gobucket's actors: an :class:`ActorRuntime` per node.
 
-pykka's :class:`~pykka.ThreadingActor` gives every actor an OS thread. A bucket
-can hold 100,000 pending tasks, so gobucket plugs its own runtime into pykka's
-extension points (``_create_actor_inbox``, ``_create_future``,
-``_start_actor_loop``) and keeps pykka's :class:`~pykka.ActorRef`, ``tell``,
-``ask``, futures and proxies:
-
-* Each actor has a :class:`Mailbox`. A message put into an idle mailbox either
-  runs at once on the sending thread (see below) or schedules the mailbox on
-  the dispatcher run queue; a dispatcher thread then runs the whole batch of
-  messages waiting in it. An actor handles one message at a time, always.
-* *Inline delivery*: when an actor is idle, an ``ask`` (the asker blocks
-  anyway) or a ``tell`` from a runtime thread (a dispatcher, the timer, a hook
-  worker) runs the handler on the sending thread, saving two thread switches.
-  Handlers never block, so this is safe; nesting is bounded by
-  :data:`MAX_INLINE_DEPTH`.
-* Blocking work never runs on a dispatcher: hooks go to the hook runners in
-  :mod:`gobucket.executors`.
-
-The runtime also owns the process's :class:`~gobucket.actors.timers.TimerService`
-and hook runners, so a whole node shares one timer thread and one worker pool.
+An :class:`ActorRuntime` wires together what the actors of a node share: the
+dispatcher threads that run queued actor messages (see
+:class:`gobucket.actors.actor.Mailbox`), one
+:class:`~gobucket.actors.timers.TimerService`, the hook runners of
+:mod:`gobucket.executors` (worker threads, and one event loop for ``async def``
+hooks) and the :class:`~gobucket.actors.supervisor.RootSupervisor`.
+:func:`default_runtime` is the one most programs use; it is also where actors
+started without a runtime run.
 """
 
 from __future__ import annotations
 
 import atexit
-import itertools
 import logging
 import queue
-import sys
 import threading
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from collections.abc import Callable
+from typing import Any
 
 import pykka
-from pykka import messages as pykka_messages
 
-from gobucket.actors._future import LatchFuture
+from gobucket._threads import mark_runtime_thread
+from gobucket.actors.actor import Mailbox, use_default_runtime
+from gobucket.actors.supervisor import RootSupervisor
+from gobucket.actors.timers import TimerService
+from gobucket.executors.async_ import AsyncHookRunner
+from gobucket.executors.thread import ThreadHookRunner
 
-if TYPE_CHECKING:
-    from types import TracebackType
-
-    from pykka._envelope import Envelope
-
-    from gobucket.actors.timers import TimerService
-    from gobucket.executors.async_ import AsyncHookRunner
-    from gobucket.executors.thread import ThreadHookRunner
-
-__all__ = [
-    "ActorRuntime",
-    "Mailbox",
-    "RuntimeActor",
-    "call",
-    "default_runtime",
-    "tell_quietly",
-]
+__all__ = ["ActorRuntime", "default_runtime"]
 
 logger = logging.getLogger("gobucket.runtime")
-
-MAX_INLINE_DEPTH = 2
-"""How deeply inline deliveries may nest on one thread before messages are queued."""
-
-RELEASE_ROUNDS = 4
-"""Batches of late messages a thread handles before it hands an actor to a dispatcher."""
-
-_local = threading.local()
-_get_ident = threading.get_ident
-_urns = itertools.count(1)
-
-
-def _depth() -> int:
-    return getattr(_local, "depth", 0)
-
-
-def _runtime_thread() -> bool:
-    return getattr(_local, "runtime", False)
-
-
-def mark_runtime_thread() -> None:
-    """Declare the current thread a runtime thread (tells to idle actors may run inline)."""
-    _local.runtime = True
-
-
-class _StopFlag(threading.Event):
-    """A :class:`threading.Event` that allocates its condition only when waited on.
-
-    pykka gives each actor an Event; a real one costs about 1 KB, which
-    100,000 pending tasks cannot afford.
-    """
-
-    _guard = threading.Lock()
-
-    def __init__(self) -> None:  # deliberately not calling super().__init__()
-        self._flag = False
-        self._cond_obj: threading.Condition | None = None
-
-    def is_set(self) -> bool:
-        return self._flag
-
-    def set(self) -> None:
-        self._flag = True
-        cond = self._cond_obj
-        if cond is not None:
-            with cond:
-                cond.notify_all()
-
-    def clear(self) -> None:
-        self._flag = False
-
-    def wait(self, timeout: float | None = None) -> bool:
-        if self._flag:
-            return True
-        with self._guard:
-            if self._cond_obj is None:
-                self._cond_obj = threading.Condition(threading.Lock())
-        cond = self._cond_obj
-        with cond:
-            return cond.wait_for(lambda: self._flag, timeout)
-
-
-class Mailbox:
-    """An actor's inbox on the shared runtime (pykka's ``ActorInbox`` protocol).
-
-    Messages go into a list (``append`` and ``pop(0)`` are atomic). A *run
-    lock*, only ever tried and never waited on, says who runs the actor: the
-    thread that wins it handles every queued message in order, then lets go
-    and looks again, so no message is stranded and an actor never runs on
-    two threads. A sender that loses simply leaves its message behind.
-
-    Nothing here blocks on a lock, so a signal handler that interrupts a
-    thread in the middle of a delivery can never deadlock against it.
-    """
-
-    __slots__ = ("_actor", "_items", "_owner", "_run")
-
-    def __init__(self) -> None:
-        self._items: list[Envelope[Any]] = []
-        self._run = threading.Lock()
-        self._owner = 0
-        self._actor: RuntimeActor | None = None
-
-    def held_by_current_thread(self) -> bool:
-        """True while this thread is inside one of the actor's handlers.
-
-        That happens when a signal handler interrupts the main thread in the
-        middle of an inline delivery; waiting for the actor would deadlock.
-        """
-        if not self._run.locked():
-            return False
-        return self._owner == _get_ident() or getattr(_local, "claim", None) is self
-
-    # pykka's ActorInbox protocol -------------------------------------------------
-    def put(self, envelope: Envelope[Any], /) -> None:
-        """Deliver a message: run it inline when allowed, else leave it for a dispatcher.
-
-        An asker (or a runtime thread) that finds the actor free runs it on its
-        own thread: the messages already queued, then its own.
-        """
-        self._items.append(envelope)
-        # "claim" covers the instant between taking the run lock and recording
-        # the owner, in case a signal handler runs right there.
-        _local.claim = self
-        if not self._run.acquire(False):
-            _local.claim = None
-            return  # whoever runs the actor will find the message
-        if (envelope.reply_to is not None or _runtime_thread()) and _depth() < MAX_INLINE_DEPTH:
-            self._run_here(None)
-        else:
-            actor = self._actor
-            assert actor is not None
-            actor.runtime.schedule(self)
-            _local.claim = None
-
-    def get(self) -> Envelope[Any]:
-        """Take the oldest queued message (raises IndexError when there is none)."""
-        return self._items.pop(0)
-
-    def empty(self) -> bool:
-        """True when no message is queued."""
-        return not self._items
-
-    # runtime side ----------------------------------------------------------------
-    def call(self, message: Any, *, idle_only: bool = False) -> tuple[bool, Any]:
-        """Handle ``message`` on this thread now, if the actor is not running elsewhere.
-
-        This is ``ask`` without the future: messages already queued are handled
-        first (order is kept), then ``message``, whose handler's return value is
-        given back as ``(True, result)`` and whose exception propagates. When
-        the actor is busy on another thread (or, with ``idle_only``, has
-        anything queued) nothing happens and ``(False, None)`` is returned.
-        """
-        if self.held_by_current_thread():
-            if getattr(message, "reentrant", False):
-                # A signal handler interrupted this thread inside the actor: a
-                # message that only reads (or only sends) may still be handled.
-                actor = self._actor
-                assert actor is not None
-                return True, actor._handle_direct(message)
-            return False, None
-        if _depth() >= MAX_INLINE_DEPTH or (idle_only and self._items):
-            return False, None
-        _local.claim = self
-        if not self._run.acquire(False):
-            _local.claim = None
-            return False, None
-        return True, self._run_here(message)
-
-    def _run_here(self, message: Any) -> Any:
-        """Run the actor on this thread (the run lock is held), then let go."""
-        actor = self._actor
-        assert actor is not None
-        self._owner = _get_ident()
-        _local.claim = None
-        _local.depth = _depth() + 1
-        items = self._items
-        try:
-            while items:
-                actor._process(items.pop(0))
-            if message is not None:
-                if actor.actor_stopped.is_set():
-                    raise pykka.ActorDeadError(f"{actor} stopped before handling the message")
-                if getattr(message, "may_defer", False):
-                    return actor._handle_call(message)
-                return actor._handle_direct(message)
-            return None
-        finally:
-            _local.depth -= 1
-            self._release(actor, RELEASE_ROUNDS)
-
-    def _release(self, actor: RuntimeActor, rounds: int) -> None:
-        """Let go of the actor; handle what arrived meanwhile or hand it to a dispatcher."""
-        items = self._items
-        run = self._run
-        while True:
-            _local.claim = self  # until the lock is released and not re-taken
-            self._owner = 0
-            run.release()
-            if not items or not run.acquire(False):
-                _local.claim = None
-                return
-            # Something arrived while we were letting go, and the actor is ours again.
-            if rounds <= 0:
-                actor.runtime.schedule(self)
-                _local.claim = None
-                return
-            rounds -= 1
-            self._owner = _get_ident()
-            _local.claim = None
-            try:
-                batch = len(items)
-                while batch > 0 and items:
-                    actor._process(items.pop(0))
-                    batch -= 1
-            except BaseException:
-                self._owner = 0
-                run.release()
-                raise
-
-    def run_batch(self) -> None:
-        """Run queued messages (called by a dispatcher thread, run lock held)."""
-        actor = self._actor
-        assert actor is not None
-        self._owner = _get_ident()
-        items = self._items
-        batch = len(items) + 1
-        while batch > 0 and items:
-            actor._process(items.pop(0))
-            batch -= 1
-        self._release(actor, 0)
-
-
-class Deferred:
-    """What an inline call returns when the handler deferred its reply."""
-
-    __slots__ = ("future",)
-
-    def __init__(self, future: pykka.Future[Any]) -> None:
-        self.future = future
-
-
-def call(ref: pykka.ActorRef[Any], message: Any, timeout: float | None = None) -> Any:
-    """Ask ``ref`` and wait: inline when the actor is free, through its mailbox otherwise."""
-    inbox = ref.actor_inbox
-    if type(inbox) is Mailbox and ref.is_alive():
-        done, result = inbox.call(message)
-        if done:
-            if type(result) is Deferred:
-                return result.future.get(timeout=timeout)
-            return result
-    return ref.ask(message, timeout=timeout)
 
 
 class ActorRuntime:
@@ -303,9 +46,6 @@ class ActorRuntime:
     """
 
     def __init__(self, dispatchers: int = 2, workers: int = 16, name: str = "gobucket") -> None:
-        from gobucket.actors.timers import TimerService
-        from gobucket.executors.thread import ThreadHookRunner
-
         if dispatchers < 1 or workers < 1:
             raise ValueError("an ActorRuntime needs at least one dispatcher and one worker")
         self.name = name
@@ -328,8 +68,6 @@ class ActorRuntime:
     def async_runner(self) -> AsyncHookRunner:
         """The event loop that runs ``async def`` hooks (started on first use)."""
         if self._async is None:
-            from gobucket.executors.async_ import AsyncHookRunner
-
             with self._lock:
                 if self._async is None:
                     self._async = AsyncHookRunner(name=f"{self.name}-asyncio")
@@ -339,12 +77,14 @@ class ActorRuntime:
     def supervisor(self) -> pykka.ActorRef[Any]:
         """The root supervisor of this runtime (started on first use)."""
         if self._supervisor is None:
-            from gobucket.actors.supervisor import RootSupervisor
-
             with self._lock:
                 if self._supervisor is None:
                     self._supervisor = RootSupervisor.start_on(self)
         return self._supervisor
+
+    def run_blocking(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run blocking work that is not a hook on a worker thread (an error is logged)."""
+        self.threads.run_blocking(fn, *args)
 
     def schedule(self, mailbox: Mailbox) -> None:
         """Queue a mailbox with waiting messages for a dispatcher."""
@@ -394,202 +134,4 @@ def default_runtime() -> ActorRuntime:
     return _default
 
 
-class RuntimeActor(pykka.Actor):
-    """A pykka actor that runs on an :class:`ActorRuntime` instead of its own thread.
-
-    Use it like any pykka actor (``start``, ``tell``, ``ask``, ``proxy``). Two
-    differences: actors are not put in pykka's global ``ActorRegistry`` unless
-    ``register = True`` (its list would make 100,000 short-lived actors
-    quadratic), and the runtime is chosen with the ``runtime`` keyword of
-    :meth:`start_on`.
-
-    Subclasses handle messages in ``on_receive``; a handler may call
-    :meth:`defer_reply` to answer an ``ask`` later.
-    """
-
-    register: ClassVar[bool] = False
-    runtime: ActorRuntime
-    _reply: pykka.Future[Any] | None
-
-    def __init__(self, *_args: Any, **_kwargs: Any) -> None:
-        # pykka.Actor.__init__ made lighter: cheap URN, lazy stop event.
-        self.actor_urn = f"urn:gobucket:{next(_urns)}"
-        inbox = Mailbox()
-        inbox._actor = self
-        self.actor_inbox = inbox
-        self.actor_stopped = _StopFlag()
-        self._actor_ref = pykka.ActorRef(self)
-        self._reply = None
-        if not hasattr(self, "runtime"):
-            self.runtime = default_runtime()
-
-    @classmethod
-    def start_on(cls, runtime: ActorRuntime, *args: Any, **kwargs: Any) -> pykka.ActorRef[Self]:
-        """Start an actor of this class on ``runtime``."""
-        obj = cls.__new__(cls)
-        obj.runtime = runtime
-        obj.__init__(*args, **kwargs)  # type: ignore[misc]
-        return obj._launch()
-
-    @classmethod
-    def start(cls, *args: Any, **kwargs: Any) -> pykka.ActorRef[Self]:
-        """Start an actor on the default runtime (pykka's ``Actor.start``)."""
-        obj = cls(*args, **kwargs)
-        return obj._launch()
-
-    def _launch(self) -> pykka.ActorRef[Self]:
-        if self.register:
-            pykka.ActorRegistry.register(self.actor_ref)
-        self._start_actor_loop()
-        return self.actor_ref
-
-    @staticmethod
-    def _create_actor_inbox() -> Mailbox:
-        return Mailbox()
-
-    @staticmethod
-    def _create_future() -> pykka.Future[Any]:
-        return LatchFuture()
-
-    def _start_actor_loop(self) -> None:
-        ok, _ = self.actor_inbox.call(_START, idle_only=True)  # type: ignore[attr-defined]
-        if not ok:
-            self.actor_ref.tell(_START)
-
-    # message processing ------------------------------------------------------------
-    def _process(self, envelope: Envelope[Any]) -> None:
-        reply_to = envelope.reply_to
-        if self.actor_stopped.is_set():
-            _fail_dead(self, reply_to, envelope.message)
-            return
-        self._reply = reply_to
-        try:
-            response = self._handle_direct(envelope.message)
-        except Exception:
-            self._reply = None
-            if reply_to is not None:
-                reply_to.set_exception()
-            else:
-                self._crash(*sys.exc_info())
-            return
-        except BaseException:
-            self._reply = None
-            if reply_to is not None:
-                reply_to.set_exception()
-            self._crash(*sys.exc_info())
-            raise
-        if self._reply is not None:
-            self._reply = None
-            reply_to.set(response)  # type: ignore[union-attr]
-
-    def _handle_direct(self, message: Any) -> Any:
-        if type(message) in _PYKKA_MESSAGES:
-            return self._handle_receive(message)
-        if message is _START:
-            try:
-                self.on_start()
-            except Exception:
-                self._crash(*sys.exc_info())
-            return None
-        return self.on_receive(message)
-
-    def _handle_call(self, message: Any) -> Any:
-        """Handle an inline call whose handler may defer its reply (``may_defer``)."""
-        future: LatchFuture[Any] = LatchFuture()
-        self._reply = future
-        try:
-            result = self._handle_direct(message)
-        finally:
-            deferred = self._reply is None
-            self._reply = None
-        return Deferred(future) if deferred else result
-
-    def defer_reply(self) -> pykka.Future[Any] | None:
-        """Take over the reply of the ``ask`` being handled; answer it later yourself."""
-        reply, self._reply = self._reply, None
-        return reply
-
-    def _crash(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self.actor_stopped.is_set():
-            logger.error("error in stopped %s", self, exc_info=(exc_type, exc_value, tb))  # type: ignore[arg-type]
-            return
-        logger.error("unhandled error in %s", self, exc_info=(exc_type, exc_value, tb))  # type: ignore[arg-type]
-        self._mark_stopped()
-        try:
-            self.on_failure(exc_type, exc_value, tb)
-        except Exception:
-            logger.exception("on_failure of %s raised", self)
-        self._fail_pending()
-
-    def _stop(self) -> None:
-        """Stop now: later messages are answered with :class:`pykka.ActorDeadError`."""
-        if self.actor_stopped.is_set():
-            return
-        self._mark_stopped()
-        try:
-            self.on_stop()
-        except Exception:
-            self._crash(*sys.exc_info())
-        self._fail_pending()
-
-    def _mark_stopped(self) -> None:
-        if self.register:
-            pykka.ActorRegistry.unregister(self.actor_ref)
-        self.actor_stopped.set()
-
-    def _fail_pending(self) -> None:
-        inbox: Mailbox = self.actor_inbox  # type: ignore[assignment]
-        while True:
-            try:
-                envelope = inbox.get()
-            except IndexError:
-                break
-            _fail_dead(self, envelope.reply_to, envelope.message)
-
-
-class _Start:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "<start>"
-
-
-_START = _Start()
-_PYKKA_MESSAGES = frozenset(
-    {
-        pykka_messages._ActorStop,
-        pykka_messages.ProxyCall,
-        pykka_messages.ProxyGetAttr,
-        pykka_messages.ProxySetAttr,
-    }
-)
-
-
-def _fail_dead(actor: RuntimeActor, reply_to: pykka.Future[Any] | None, message: Any) -> None:
-    """Answer a message the actor will never handle (an ask, or a tell carrying a reply)."""
-    if reply_to is None:
-        reply_to = getattr(message, "reply", None)
-        if not isinstance(reply_to, pykka.Future):
-            return
-    try:
-        if isinstance(message, pykka_messages._ActorStop):
-            reply_to.set(None)
-        else:
-            err = pykka.ActorDeadError(f"{actor} stopped before handling the message")
-            reply_to.set_exception((type(err), err, None))
-    except queue.Full:
-        pass
-
-
-def tell_quietly(ref: pykka.ActorRef[Any], message: Any) -> bool:
-    """Tell ``message`` to ``ref``; return False instead of raising if it has stopped."""
-    try:
-        ref.tell(message)
-    except pykka.ActorDeadError:
-        return False
-    return True
+use_default_runtime(default_runtime)

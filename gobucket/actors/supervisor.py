@@ -21,8 +21,8 @@ from typing import Any
 import pykka
 
 from gobucket.actors import messages as m
+from gobucket.actors.actor import RuntimeActor
 from gobucket.actors.messages import Answer
-from gobucket.actors.runtime import RuntimeActor
 
 __all__ = ["ChildFailed", "RootSupervisor", "Supervise"]
 
@@ -80,8 +80,6 @@ class RootSupervisor(RuntimeActor):
             return None
         if isinstance(message, ChildFailed):
             self._on_failed(message)
-            return None
-        if isinstance(message, m.HookDone):
             return None
         return super().on_receive(message)
 

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
+from gobucket._threads import tell_quietly
 from gobucket.actors import messages as m
 from gobucket.actors._future import LatchFuture, done_future
-from gobucket.actors.runtime import RuntimeActor, tell_quietly
+from gobucket.actors.actor import RuntimeActor
 from gobucket.config import TaskType
 from gobucket.context import TaskContext
 from gobucket.errors import TaskNotFoundError
@@ -26,8 +27,9 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from gobucket.actors.timers import Timer
-    from gobucket.executors.base import Hook, HookTable, RunHandle
+    from gobucket.executors.base import Hook, HookTable
     from gobucket.executors.load import WorkLoad
+    from gobucket.executors.runner import RunHandle
 
 __all__ = ["TaskActor", "TaskSpec"]
 

@@ -22,6 +22,9 @@ from typing import Any
 
 import pykka
 
+from gobucket import _threads
+from gobucket._threads import mark_runtime_thread
+
 __all__ = ["Timer", "TimerService"]
 
 logger = logging.getLogger("gobucket.timers")
@@ -159,8 +162,6 @@ class TimerService:
 
     def _run(self) -> None:
         """Supervise the timer loop: restart it after an unexpected error."""
-        from gobucket.actors.runtime import mark_runtime_thread
-
         mark_runtime_thread()
         backoff = _BACKOFF_MIN
         while True:
@@ -182,8 +183,7 @@ class TimerService:
             backoff = min(backoff * 2, _BACKOFF_MAX)
 
     def _loop(self) -> None:
-        from gobucket.actors.runtime import tell_quietly
-
+        tell_quietly = _threads.tell_quietly  # looked up when the loop starts
         wake = self._wake
         heap = self._heap
         slots = self._slots

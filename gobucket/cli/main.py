@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.command == "demo":
+        # why: a subcommand's module (and what it imports) loads only when it runs
         from gobucket.cli.demo import run_demo
 
         if args.speed <= 0:
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return run_demo(speed=args.speed, plain=args.plain)
     if args.command == "peers":
+        # why: a subcommand's module (and what it imports) loads only when it runs
         from gobucket.cli.peers import run_peers
 
         return run_peers(args.cluster, args.watch, args.secret, args.timeout, args.interface)

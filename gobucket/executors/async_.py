@@ -11,9 +11,10 @@ from typing import Any
 
 import pykka
 
+from gobucket._threads import mark_runtime_thread
 from gobucket.actors.messages import HookKind
-from gobucket.executors.base import never_started, report
 from gobucket.executors.load import WorkLoad
+from gobucket.executors.runner import never_started, report
 
 __all__ = ["AsyncHookRunner"]
 
@@ -31,8 +32,6 @@ class AsyncHookRunner:
         ready.wait()
 
     def _run(self, ready: threading.Event) -> None:
-        from gobucket.actors.runtime import mark_runtime_thread
-
         mark_runtime_thread()
         asyncio.set_event_loop(self.loop)
         self.loop.call_soon(ready.set)

@@ -1,32 +1,19 @@
-"""The executor interface: the five hooks of a task's life, and runners that call them."""
+"""The executor interface: the five hooks of a task's life (the user's side of the runners)."""
 
 from __future__ import annotations
 
 import inspect
-import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-import pykka
-
-from gobucket.actors.messages import END_OK, EXECUTED_OK, HookDone, HookKind
+from gobucket.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     from gobucket.context import TaskContext
 
-__all__ = [
-    "Executor",
-    "FunctionExecutor",
-    "HookRunner",
-    "HookTable",
-    "RunHandle",
-    "never_started",
-    "report",
-]
+__all__ = ["Executor", "FunctionExecutor", "Hook", "HookTable"]
 
 Hook = Callable[..., Any]
-logger = logging.getLogger("gobucket.executors")
-_EXECUTE = HookKind.EXECUTE
 
 
 class Executor:
@@ -94,8 +81,6 @@ class FunctionExecutor(Executor):
         for name, fn in hooks.items():
             if fn is not None:
                 if not callable(fn):
-                    from gobucket.errors import InvalidArgumentError
-
                     raise InvalidArgumentError(f"{name} must be callable, got {fn!r}")
                 setattr(self, name, fn)
 
@@ -123,8 +108,6 @@ class HookTable:
                 if not callable(getattr(executor, n, None))
             ]
             if missing:
-                from gobucket.errors import InvalidArgumentError
-
                 raise InvalidArgumentError(
                     f"executor {executor!r} lacks hooks {missing}; subclass gobucket.Executor"
                 )
@@ -141,50 +124,3 @@ class HookTable:
         if getattr(fn, "__func__", None) is base:
             return None
         return fn, inspect.iscoroutinefunction(fn)
-
-
-def never_started(kind: HookKind, args: tuple[Any, ...]) -> bool:
-    """True for an ``on_execute`` whose task was drained, exhausted or rescued while queued."""
-    return kind is _EXECUTE and bool(args) and getattr(args[0], "cancelled", False) is True
-
-
-def report(reply_to: pykka.ActorRef[Any], kind: HookKind, error: BaseException | None) -> None:
-    """Tell ``reply_to`` that a hook of ``kind`` ended (with ``error``, if it raised)."""
-    if error is not None:
-        message = HookDone(kind, error)
-    else:
-        message = EXECUTED_OK if kind is _EXECUTE else END_OK
-    try:
-        reply_to.tell(message)
-    except pykka.ActorDeadError:
-        pass  # the task ended meanwhile: its result is not wanted
-    except Exception:
-        logger.exception("could not report a hook result to %s", reply_to)
-
-
-class RunHandle(Protocol):
-    """What a runner returns for a started hook, so that it can be cancelled."""
-
-    def cancel(self) -> bool:
-        """Try to cancel the hook; True if it will not complete normally."""
-        ...
-
-
-class HookRunner(Protocol):
-    """Runs hooks off the dispatcher threads and tells the result back to an actor.
-
-    When the hook returns or raises, the runner tells ``reply_to`` a
-    :class:`~gobucket.actors.messages.HookDone` of ``kind`` with the error (if any).
-    """
-
-    def submit(
-        self,
-        fn: Callable[..., Any] | Callable[..., Awaitable[Any]],
-        args: tuple[Any, ...],
-        reply_to: pykka.ActorRef[Any],
-        kind: HookKind,
-        *,
-        urgent: bool = False,
-    ) -> RunHandle | None:
-        """Start ``fn(*args)``; urgent work (rescue) must not wait behind busy workers."""
-        ...

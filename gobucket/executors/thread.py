@@ -12,6 +12,10 @@ rescue would wait behind them. So:
 * ``on_panic`` during a rescue (*urgent*) is taken before other end hooks;
 * the end hook of a task whose ``on_execute`` just returned runs next on the
   same worker (no hand-off), which is the fast path of every task.
+
+Blocking work that is not a hook (a user callback of the group, say) goes to
+the end pool too, with :meth:`ThreadHookRunner.run_blocking`: nothing is
+reported back; an exception it raises is logged.
 """
 
 from __future__ import annotations
@@ -26,16 +30,20 @@ from typing import Any
 import pykka
 
 from gobucket._ratelimit import RateLimitedLog
+from gobucket._threads import mark_runtime_thread
 from gobucket.actors.messages import HookKind
-from gobucket.executors.base import report
 from gobucket.executors.load import WorkLoad
+from gobucket.executors.runner import report
 
 __all__ = ["ThreadHookRunner"]
 
 logger = logging.getLogger("gobucket.executors")
 
-_Job = tuple[Callable[..., Any], tuple[Any, ...], pykka.ActorRef[Any], HookKind, WorkLoad | None]
+_Job = tuple[
+    Callable[..., Any], tuple[Any, ...], pykka.ActorRef[Any] | None, HookKind, WorkLoad | None
+]
 _EXECUTE = HookKind.EXECUTE
+_END = HookKind.END
 
 SATURATION_GRACE = 1.0
 """Seconds calls must keep waiting for a worker before the saturation warning."""
@@ -122,6 +130,17 @@ class ThreadHookRunner:
                     )
             self._jobs.put(job)
             return
+        self._queue_end(job, urgent)
+
+    def run_blocking(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on an end worker; nothing is reported, an exception is logged.
+
+        For blocking work that is not a hook: it is queued like an end hook
+        (and, submitted while a worker reports a result, runs next there).
+        """
+        self._queue_end((fn, args, None, _END, None), False)
+
+    def _queue_end(self, job: _Job, urgent: bool) -> None:
         if not urgent:
             follow_ups = getattr(self._local, "follow_ups", None)
             if follow_ups is not None and self._local.reporting:
@@ -163,8 +182,6 @@ class ThreadHookRunner:
 
     def _extra_ends(self) -> None:
         """A short-lived end worker: runs what is queued now, then exits."""
-        from gobucket.actors.runtime import mark_runtime_thread
-
         mark_runtime_thread()
         try:
             while True:
@@ -188,8 +205,6 @@ class ThreadHookRunner:
             return None
 
     def _work_ends(self) -> None:
-        from gobucket.actors.runtime import mark_runtime_thread
-
         mark_runtime_thread()
         ends = self._ends
         lock = self._lock
@@ -209,8 +224,6 @@ class ThreadHookRunner:
 
     # execute threads -------------------------------------------------------------------
     def _work(self) -> None:
-        from gobucket.actors.runtime import mark_runtime_thread
-
         mark_runtime_thread()
         jobs = self._jobs
         lock = self._lock
@@ -255,6 +268,10 @@ def _run(job: _Job, local: threading.local | None) -> None:
         if ctx is not None:
             assert load is not None
             load.end(ctx)
+    if reply_to is None:  # run_blocking: nobody to tell
+        if error is not None:
+            logger.error("a blocking call %r raised", fn, exc_info=error)
+        return
     # While the result is reported (the actor may run inline here), an end hook
     # the actor submits is a follow-up of this job: this worker runs it next.
     if local is not None:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from gobucket.config import TaskType
 from gobucket.errors import BucketFullError, DuplicateTaskError, GoBucketError
 
 if TYPE_CHECKING:
-    from gobucket.bucket import TaskBucket
-    from gobucket.group import TaskBucketGroup
     from gobucket.recovery.record import RescuedTask
     from gobucket.recovery.sinks import RescueSink
 
@@ -22,7 +20,51 @@ logger = logging.getLogger("gobucket.recovery")
 _REMOVE_BATCH = 256
 
 
-def replay(sink: RescueSink, target: TaskBucket | TaskBucketGroup) -> int:
+class ReplayBucket(Protocol):
+    """What replay needs of a :class:`~gobucket.TaskBucket` (typed here, not imported:
+    recovery sits below the facades)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def fill(
+        self,
+        task_type: TaskType,
+        id: str,
+        data: Any = None,
+        *,
+        run_after: float | None = None,
+        life_span: float | None = None,
+    ) -> None: ...
+
+    def _fill_exhausted(self, task_type: TaskType, task_id: str, data: Any) -> None: ...
+
+
+class ReplayGroup(Protocol):
+    """What replay needs of a :class:`~gobucket.TaskBucketGroup`."""
+
+    def get_bucket(self, name: str) -> ReplayBucket: ...
+
+    def fill(
+        self,
+        bucket: str,
+        id: str,
+        data: Any = None,
+        *,
+        task_type: TaskType = TaskType.IMMEDIATE,
+        run_after: float | None = None,
+        life_span: float | None = None,
+    ) -> Any: ...
+
+
+def _split(target: ReplayBucket | ReplayGroup) -> tuple[ReplayBucket | None, ReplayGroup | None]:
+    """``(bucket, None)`` for a bucket, ``(None, group)`` for a group (it has ``get_bucket``)."""
+    if hasattr(target, "get_bucket"):
+        return None, cast("ReplayGroup", target)
+    return target, None
+
+
+def replay(sink: RescueSink, target: ReplayBucket | ReplayGroup) -> int:
     """Fill every task stored in ``sink`` back into ``target``; return how many were filled.
 
     Time is wall-clock time: a record carries its absolute ``due_at`` and
@@ -45,13 +87,12 @@ def replay(sink: RescueSink, target: TaskBucket | TaskBucketGroup) -> int:
     another bucket name than a plain ``TaskBucket``'s are left in the sink.
     Replay stops (leaving the rest stored) when the target is full.
     """
-    from gobucket.bucket import TaskBucket
-
+    bucket, _ = _split(target)
     filled = 0
     delivered: list[RescuedTask] = []
     try:
         for task in sink.read():
-            if isinstance(target, TaskBucket) and task.bucket != target.name:
+            if bucket is not None and task.bucket != bucket.name:
                 continue
             try:
                 _fill(target, task)
@@ -75,9 +116,9 @@ def replay(sink: RescueSink, target: TaskBucket | TaskBucketGroup) -> int:
     return filled
 
 
-def _fill(target: TaskBucket | TaskBucketGroup, task: RescuedTask) -> None:
+def _fill(target: ReplayBucket | ReplayGroup, task: RescuedTask) -> None:
     """Fill one record into ``target`` on its wall-clock schedule (raises as ``fill`` does)."""
-    from gobucket.bucket import TaskBucket
+    single, group = _split(target)
 
     now = time.time()
     due_at = task.due_at if task.due_at is not None else task.rescued_at + task.remaining_wait
@@ -89,15 +130,20 @@ def _fill(target: TaskBucket | TaskBucketGroup, task: RescuedTask) -> None:
     # A time bomb whose deadline comes before its due time would have been exhausted
     # before it ran (only hand-made records do this): the same outcome, now.
     if life <= 0 or (wait > 0 and life <= wait):
-        bucket = target if isinstance(target, TaskBucket) else target.get_bucket(task.bucket)
+        if single is not None:
+            bucket = single
+        else:
+            assert group is not None
+            bucket = group.get_bucket(task.bucket)
         bucket._fill_exhausted(task.task_type, task.task_id, task.data)
         return
     kind = TaskType.TIME_BOMB if wait > 0 else TaskType.IMMEDIATE
     run_after = wait if wait > 0 else None
-    if isinstance(target, TaskBucket):
-        target.fill(kind, task.task_id, task.data, run_after=run_after, life_span=life)
+    if single is not None:
+        single.fill(kind, task.task_id, task.data, run_after=run_after, life_span=life)
     else:
-        target.fill(
+        assert group is not None
+        group.fill(
             task.bucket,
             task.task_id,
             task.data,

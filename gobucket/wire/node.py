@@ -19,6 +19,7 @@ from concurrent.futures import Future as ConcurrentFuture
 from typing import Any, Protocol
 
 from gobucket._ratelimit import RateLimitedLog
+from gobucket._threads import mark_runtime_thread
 from gobucket.wire.connection import SERVER, Connection, Identity, PeerHello, handshake
 from gobucket.wire.frames import DEFAULT_MAX_FRAME, FrameError
 from gobucket.wire.protocol import MessageType, ProtocolError
@@ -139,8 +140,6 @@ class NetworkNode:
         return self.address
 
     def _run(self) -> None:
-        from gobucket.actors.runtime import mark_runtime_thread
-
         mark_runtime_thread()  # actor messages sent from here may run inline (never blocks)
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
