@@ -5,9 +5,7 @@ of them before they run, and rescue them all through ``on_panic`` when the
 process is going down. See the README for a tour.
 """
 
-from gobucket.actors.bucket import BucketStats
 from gobucket.actors.group import PeerInfo, Placement
-from gobucket.actors.messages import Outcome
 from gobucket.actors.runtime import ActorRuntime, default_runtime
 from gobucket.bucket import MAX_TASK_ID, TaskBucket
 from gobucket.config import MAX_DURATION, BucketConfig, TaskType
@@ -38,6 +36,7 @@ from gobucket.recovery import (
     replay,
     rescue_on_error,
 )
+from gobucket.types import BucketStats, Outcome
 
 __version__ = "0.1.0"
 

@@ -15,10 +15,9 @@ from typing import Any, Self
 import pykka
 
 from gobucket.actors import messages as m
-from gobucket.actors.actor import call
-from gobucket.actors.bucket import BucketActor, BucketStats
+from gobucket.actors.bucket import BucketActor
 from gobucket.actors.runtime import ActorRuntime, default_runtime
-from gobucket.actors.supervisor import Supervise, Unsupervise
+from gobucket.actors.supervisor import Supervised
 from gobucket.config import BucketConfig, Duration, TaskType, to_seconds
 from gobucket.errors import (
     BucketClosedError,
@@ -32,6 +31,7 @@ from gobucket.executors.load import WorkLoad
 from gobucket.recovery.collect import RescueReport, default_fallback, rescue_pass
 from gobucket.recovery.record import check_storable
 from gobucket.recovery.sinks import JsonlRescueSink, RescueSink
+from gobucket.types import BucketStats
 
 __all__ = ["MAX_TASK_ID", "TaskBucket", "validate_task_id"]
 
@@ -123,39 +123,43 @@ class TaskBucket:
         self._hooks = hooks
         self._load = WorkLoad(config.name)
         self._key = f"bucket:{config.name}:{id(self):x}"
-        self._failure: BaseException | None = None
-        self._swapped = threading.Condition()  # notified when the supervisor swaps the actor
         self._sealed = False  # fills are refused (the door closed)
         self._closing = False  # close() started
         self._finished = False  # the actor was stopped
-        self._closed = False
         self._close_lock = threading.Lock()
         self._rescue_lock = threading.RLock()  # one rescue pass at a time
-        self._ref: pykka.ActorRef[BucketActor] = self._spawn()
-        call(
+        self._actor: Supervised[BucketActor] = Supervised(
             self._runtime.supervisor,
-            Supervise(
-                self._key, self._spawn, self._restarted, self._gave_up, max_restarts, restart_window
-            ),
+            self._key,
+            self._spawn,
+            gone=self._gone,
+            restarted=self._restarted,
+            gave_up=self._gave_up,
+            max_restarts=max_restarts,
+            window=restart_window,
         )
 
     # supervision -------------------------------------------------------------------
     def _spawn(self) -> pykka.ActorRef[BucketActor]:
         return BucketActor.start_on(self._runtime, self._config, self._hooks, self._key, self._load)
 
-    def _restarted(self, fresh: pykka.ActorRef[Any], panics: list[m.Answer]) -> None:
-        with self._swapped:
-            self._ref = fresh
-            self._swapped.notify_all()
+    def _restarted(self, _fresh: pykka.ActorRef[BucketActor], panics: list[m.Answer]) -> None:
         self._after_crash(panics)
 
-    def _gave_up(self, error: BaseException, panics: list[m.Answer]) -> None:
-        with self._swapped:
-            self._failure = error
-            self._sealed = True
-            self._closed = True
-            self._swapped.notify_all()
+    def _gave_up(self, _error: BaseException, panics: list[m.Answer]) -> None:
+        self._sealed = True
         self._after_crash(panics)
+
+    def _gone(self, failure: BaseException | None) -> BucketClosedError:
+        """The error for a call that finds the bucket's actor gone for good."""
+        if failure is not None:
+            return BucketClosedError(
+                f"bucket {self.name!r} was stopped after repeated failures of its actor "
+                f"(last: {failure!r})"
+            )
+        if self._sealed:
+            return BucketClosedError(f"bucket {self.name!r} is closed")
+        return BucketClosedError(f"bucket {self.name!r} is not running")
 
     def _after_crash(self, panics: list[m.Answer]) -> None:
         """Wait for the rescued tasks' on_panic (off the supervisor) and store their records."""
@@ -187,7 +191,7 @@ class TaskBucket:
     @property
     def actor_ref(self) -> pykka.ActorRef[BucketActor]:
         """The pykka ref of this bucket's BucketActor."""
-        return self._ref
+        return self._actor.ref
 
     @property
     def closed(self) -> bool:
@@ -292,12 +296,7 @@ class TaskBucket:
 
     def _check_open(self) -> None:
         if self._sealed:
-            if self._failure is not None:
-                raise BucketClosedError(
-                    f"bucket {self.name!r} was stopped after repeated failures of its actor "
-                    f"(last: {self._failure!r})"
-                )
-            raise BucketClosedError(f"bucket {self.name!r} is closed")
+            raise self._gone(self._actor.failure)
 
     def drain(self, id: str) -> None:
         """Stop a live task and remove it, with no hook.
@@ -332,9 +331,7 @@ class TaskBucket:
         limit = None if timeout is None else to_seconds(timeout, "timeout")
         with self._rescue_lock:
             answers: list[m.Answer] = self._ask(m.RescueAll())
-            report = rescue_pass(
-                answers, _deadline(limit), self.rescue_sink, self.rescue_fallback, self.name
-            )
+            report = self._collect(answers, _deadline(limit))
         if self._config.verbose:
             logger.info("[%s] rescued %d task(s)", self.name, report.rescued)
         if report.pending_ids:
@@ -345,7 +342,7 @@ class TaskBucket:
         """Wait until no task is alive; return False if ``timeout`` passed first."""
         wait = None if timeout is None else to_seconds(timeout, "timeout")
         try:
-            future = self._ref.ask(m.AwaitEmpty(), block=False)
+            future = self._actor.ask_later(m.AwaitEmpty())
             return bool(future.get(timeout=wait))
         except pykka.Timeout:
             return False
@@ -429,9 +426,8 @@ class TaskBucket:
 
     def _seal(self) -> None:
         """Refuse every further fill (the door closes before any rescue)."""
-        with self._swapped:
-            self._sealed = True
-            self._swapped.notify_all()
+        self._sealed = True
+        self._actor.retire()
         with contextlib.suppress(pykka.ActorDeadError, BucketClosedError):
             self._ask(m.CloseBucket())
 
@@ -489,11 +485,7 @@ class TaskBucket:
             if self._finished:
                 return
             self._finished = True
-        with self._swapped:
-            self._closed = True
-            self._swapped.notify_all()
-        call(self._runtime.supervisor, Unsupervise(self._key))
-        self._ref.stop()
+        self._actor.stop()
 
     def __len__(self) -> int:
         """How many tasks are alive (0 once closed)."""
@@ -533,31 +525,7 @@ class TaskBucket:
         return f"<TaskBucket {self.name!r} {state} max={self._config.max_bucket}>"
 
     def _ask(self, message: Any) -> Any:
-        while True:
-            ref = self._ref
-            try:
-                return call(ref, message)
-            except pykka.ActorDeadError:
-                if ref.is_alive():
-                    raise  # another actor (not the bucket's) was gone: not ours to handle
-                self._await_restart(ref)
-
-    def _await_restart(self, dead: pykka.ActorRef[Any]) -> None:
-        """The actor died under us: return once the supervisor replaced it, or raise."""
-        with self._swapped:
-            self._swapped.wait_for(
-                lambda: self._ref is not dead or self._failure is not None or self._sealed,
-                timeout=5.0,
-            )
-        if self._failure is not None:
-            raise BucketClosedError(
-                f"bucket {self.name!r} was stopped after repeated failures of its "
-                f"actor (last: {self._failure!r})"
-            ) from None
-        if self._ref is dead:
-            if self._sealed:
-                raise BucketClosedError(f"bucket {self.name!r} is closed") from None
-            raise BucketClosedError(f"bucket {self.name!r} is not running") from None
+        return self._actor.ask(message)
 
 
 def _deadline(limit: float | None) -> float | None:

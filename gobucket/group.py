@@ -30,8 +30,8 @@ from gobucket.actors.group import (
     ServeFill,
     StopGroup,
 )
+from gobucket.actors.messages import Supervise, Unsupervise
 from gobucket.actors.runtime import ActorRuntime, default_runtime
-from gobucket.actors.supervisor import Supervise, Unsupervise
 from gobucket.bucket import TaskBucket
 from gobucket.config import Duration, TaskType
 from gobucket.discovery.base import PeerEvent, PeerSource, PeerUp

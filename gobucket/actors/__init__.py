@@ -7,14 +7,13 @@
 """
 
 from gobucket.actors.actor import RuntimeActor
-from gobucket.actors.bucket import BucketActor, BucketStats
+from gobucket.actors.bucket import BucketActor
 from gobucket.actors.runtime import ActorRuntime, default_runtime
 from gobucket.actors.task import TaskActor
 
 __all__ = [
     "ActorRuntime",
     "BucketActor",
-    "BucketStats",
     "RuntimeActor",
     "TaskActor",
     "default_runtime",

@@ -57,6 +57,8 @@ if TYPE_CHECKING:
 __all__ = [
     "Deferred",
     "Mailbox",
+    "MayDefer",
+    "Reentrant",
     "RuntimeActor",
     "call",
     "use_default_runtime",
@@ -79,6 +81,29 @@ def use_default_runtime(factory: Callable[[], ActorRuntime]) -> None:
     """Where actors started without a runtime run (set by :mod:`gobucket.actors.runtime`)."""
     global _default_runtime
     _default_runtime = factory
+
+
+class Reentrant:
+    """Base of a message safe to handle while its actor is interrupted on this thread.
+
+    A signal handler may run on a thread that is inside an actor's handler;
+    such a thread may still :meth:`Mailbox.call` the actor with a message that
+    only reads (or only sends), never one that changes what the interrupted
+    handler is changing.
+    """
+
+    __slots__ = ()
+
+
+class MayDefer:
+    """Base of a message whose handler may answer later instead of returning a value.
+
+    Its handler returns :class:`Deferred` (see :meth:`RuntimeActor.defer_reply`)
+    when the answer depends on another actor; an inline :func:`call` then waits
+    for the deferred reply.
+    """
+
+    __slots__ = ()
 
 
 class _StopFlag(threading.Event):
@@ -190,7 +215,7 @@ class Mailbox:
         anything queued) nothing happens and ``(False, None)`` is returned.
         """
         if self.held_by_current_thread():
-            if getattr(message, "reentrant", False):
+            if isinstance(message, Reentrant):
                 # A signal handler interrupted this thread inside the actor: a
                 # message that only reads (or only sends) may still be handled.
                 actor = self._actor
@@ -219,7 +244,7 @@ class Mailbox:
             if message is not None:
                 if actor.actor_stopped.is_set():
                     raise pykka.ActorDeadError(f"{actor} stopped before handling the message")
-                if getattr(message, "may_defer", False):
+                if isinstance(message, MayDefer):
                     return actor._handle_call(message)
                 return actor._handle_direct(message)
             return None

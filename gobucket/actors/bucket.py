@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pykka
@@ -11,7 +10,6 @@ import pykka
 from gobucket._threads import tell_quietly
 from gobucket.actors import messages as m
 from gobucket.actors.actor import RuntimeActor
-from gobucket.actors.supervisor import ChildFailed
 from gobucket.actors.task import TaskActor, TaskSpec
 from gobucket.config import BucketConfig, TaskType
 from gobucket.errors import (
@@ -22,55 +20,16 @@ from gobucket.errors import (
     TaskNotFoundError,
 )
 from gobucket.executors.load import WorkLoad
+from gobucket.types import BucketStats, Outcome
 
 if TYPE_CHECKING:
     from types import TracebackType
 
     from gobucket.executors.base import HookTable
 
-__all__ = ["BucketActor", "BucketStats"]
+__all__ = ["BucketActor"]
 
 logger = logging.getLogger("gobucket")
-
-
-@dataclass(frozen=True, slots=True)
-class BucketStats:
-    """A snapshot of a bucket's counters.
-
-    ``alive`` tasks are in the bucket now; the others count ends and refusals
-    since the bucket was made. ``running`` plain or async ``on_execute`` calls
-    run now, ``queued`` ones wait for a free hook worker, and ``overrunning``
-    ones still run although their task already ended (exhausted, drained or
-    rescued); an overrunning task's id cannot be filled again until it returns.
-    """
-
-    name: str
-    alive: int
-    max_bucket: int
-    filled: int
-    finished: int
-    execute_errors: int
-    exhausted: int
-    panicked: int
-    drained: int
-    refused_full: int
-    refused_duplicate: int
-    crashed: int
-    closed: bool
-    handed_off: int = 0
-    running: int = 0
-    queued: int = 0
-    overrunning: int = 0
-
-    @property
-    def free(self) -> int:
-        """How many more tasks the bucket would accept now."""
-        return max(0, self.max_bucket - self.alive)
-
-    @property
-    def ended(self) -> int:
-        """How many tasks have ended, by any of the five ends."""
-        return self.finished + self.execute_errors + self.exhausted + self.panicked + self.drained
 
 
 class BucketActor(RuntimeActor):
@@ -99,7 +58,7 @@ class BucketActor(RuntimeActor):
         self.tasks: dict[str, pykka.ActorRef[TaskActor]] = {}
         self.closed = False
         self._empty_waiters: list[pykka.Future[Any]] = []
-        self._counts = dict.fromkeys(m.Outcome, 0)
+        self._counts = dict.fromkeys(Outcome, 0)
         self._filled = 0
         self._refused_full = 0
         self._refused_dup = 0
@@ -157,7 +116,7 @@ class BucketActor(RuntimeActor):
             return
         tell_quietly(
             self.runtime.supervisor,
-            ChildFailed(self.supervisor_key, exception_value, list(self.tasks.items())),
+            m.ChildFailed(self.supervisor_key, exception_value, list(self.tasks.items())),
         )
 
     def _fill(self, msg: m.FillTask) -> None:
@@ -217,7 +176,7 @@ class BucketActor(RuntimeActor):
         if ran:
             if not drained:
                 raise TaskNotFoundError(task_id, "is already ending")
-            self._remove(task_id, m.Outcome.DRAINED)
+            self._remove(task_id, Outcome.DRAINED)
             return None
         # The task is busy: forward, and let it answer through us once its id is freed.
         reply = self.defer_reply()
@@ -229,7 +188,7 @@ class BucketActor(RuntimeActor):
                 reply.set_exception((type(err), err, None))
         return None
 
-    def _remove(self, task_id: str, outcome: m.Outcome) -> None:
+    def _remove(self, task_id: str, outcome: Outcome) -> None:
         if self.tasks.pop(task_id, None) is None:
             return
         self._counts[outcome] += 1
@@ -270,16 +229,16 @@ class BucketActor(RuntimeActor):
             alive=len(self.tasks),
             max_bucket=self.config.max_bucket,
             filled=self._filled,
-            finished=c[m.Outcome.FINISHED],
-            execute_errors=c[m.Outcome.EXECUTE_ERROR],
-            exhausted=c[m.Outcome.EXHAUSTED],
-            panicked=c[m.Outcome.PANICKED],
-            drained=c[m.Outcome.DRAINED],
+            finished=c[Outcome.FINISHED],
+            execute_errors=c[Outcome.EXECUTE_ERROR],
+            exhausted=c[Outcome.EXHAUSTED],
+            panicked=c[Outcome.PANICKED],
+            drained=c[Outcome.DRAINED],
             refused_full=self._refused_full,
             refused_duplicate=self._refused_dup,
             crashed=self._crashed,
             closed=self.closed,
-            handed_off=c[m.Outcome.HANDED_OFF],
+            handed_off=c[Outcome.HANDED_OFF],
             running=load.running,
             queued=load.queued,
             overrunning=load.overrunning,

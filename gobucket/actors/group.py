@@ -24,8 +24,8 @@ import pykka
 
 from gobucket._threads import tell_quietly
 from gobucket.actors.actor import RuntimeActor, call
+from gobucket.actors.messages import ChildFailed
 from gobucket.actors.remote import NotSentError, PeerLostError, RemoteGroupRef
-from gobucket.actors.supervisor import ChildFailed
 from gobucket.config import TaskType
 from gobucket.discovery.base import PeerDown, PeerEvent, PeerUp
 from gobucket.errors import (

@@ -1,56 +1,47 @@
-"""The messages gobucket's actors exchange: small frozen dataclasses named for what happened."""
+"""Every message gobucket's actors exchange: small frozen values named for what happened.
+
+A message's behaviour flags are its base classes, checked by type: a
+:class:`~gobucket.actors.actor.Reentrant` message may be handled while a signal
+handler interrupts its actor on this thread; a
+:class:`~gobucket.actors.actor.MayDefer` message may be answered later. The
+hook runners' own message, :class:`~gobucket.executors.runner.HookDone`, lives
+with them.
+"""
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import pykka
 
+from gobucket.actors.actor import MayDefer, Reentrant
 from gobucket.config import TaskType
+from gobucket.types import Outcome
 
 __all__ = [
     "Answer",
     "AwaitEmpty",
+    "ChildFailed",
     "CloseBucket",
     "Contains",
     "Count",
     "Drain",
     "DrainTask",
-    "Executed",
     "Expire",
     "FillTask",
     "Fire",
     "GetStats",
-    "HookDone",
-    "HookKind",
-    "Outcome",
     "Panic",
     "RescueAll",
     "Retry",
     "Shed",
+    "Supervise",
     "TaskEnded",
     "TaskFailed",
+    "Unsupervise",
 ]
-
-
-class Outcome(enum.Enum):
-    """How a task ended."""
-
-    FINISHED = "finished"
-    EXECUTE_ERROR = "execute_error"
-    EXHAUSTED = "exhausted"
-    PANICKED = "panicked"
-    DRAINED = "drained"
-    HANDED_OFF = "handed_off"
-
-
-class HookKind(enum.IntEnum):
-    """Which hook a hook runner ran (carried back in :class:`HookDone`)."""
-
-    EXECUTE = 0
-    END = 1
 
 
 # --- TaskActor --------------------------------------------------------------------
@@ -117,20 +108,6 @@ class ReserveAll:
     """Reserve every live task for hand-off; answered with [(ref, future of record)]."""
 
 
-class HookDone(NamedTuple):
-    """A hook runner finished a hook; ``error`` is what it raised, if anything.
-
-    (The messages on the hot path are NamedTuples: as immutable as a frozen
-    dataclass, and four times cheaper to build.)
-    """
-
-    kind: HookKind
-    error: BaseException | None = None
-
-
-Executed = HookDone
-"""``on_execute`` returned or raised (a :class:`HookDone` of kind ``EXECUTE``)."""
-
 FIRE = Fire()
 EXPIRE = Expire()
 RETRY = Retry()
@@ -138,8 +115,6 @@ RESERVE = Reserve()
 SHED = Shed()
 DRAIN = Drain()
 PANIC = Panic()
-EXECUTED_OK = HookDone(HookKind.EXECUTE)
-END_OK = HookDone(HookKind.END)
 
 
 # --- BucketActor ------------------------------------------------------------------
@@ -161,22 +136,20 @@ class FillTask(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
-class DrainTask:
+class DrainTask(MayDefer):
     """Drain a live task by id (answered True, or TaskNotFoundError)."""
 
     task_id: str
-    may_defer = True  # forwarded to a busy TaskActor, answered later
 
 
 @dataclass(frozen=True, slots=True)
-class RescueAll:
+class RescueAll(Reentrant):
     """Send Panic (or, with ``shed``, Shed) to every live task.
 
     Answered with ``[(task id, task ref, future of its answer)]``.
     """
 
     shed: bool = False
-    reentrant = True  # safe to handle when a signal handler interrupts the bucket
 
 
 Answer = tuple[str, pykka.ActorRef[Any], pykka.Future[Any]]
@@ -204,37 +177,58 @@ class TaskFailed:
 
 
 @dataclass(frozen=True, slots=True)
-class Contains:
+class Contains(Reentrant):
     """Is this id alive?"""
-
-    reentrant = True  # safe to handle when a signal handler interrupts the bucket
 
     task_id: str
 
 
 @dataclass(frozen=True, slots=True)
-class Count:
+class Count(Reentrant):
     """How many tasks are alive?"""
 
-    reentrant = True  # safe to handle when a signal handler interrupts the bucket
-
 
 @dataclass(frozen=True, slots=True)
-class GetStats:
+class GetStats(Reentrant):
     """Snapshot the bucket's counters."""
 
-    reentrant = True  # safe to handle when a signal handler interrupts the bucket
-
 
 @dataclass(frozen=True, slots=True)
-class AwaitEmpty:
+class AwaitEmpty(MayDefer):
     """Answered (True) once no task is alive."""
 
-    may_defer = True
+
+@dataclass(frozen=True, slots=True)
+class CloseBucket(Reentrant):
+    """Refuse further fills."""
+
+
+# --- RootSupervisor -------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class CloseBucket:
-    """Refuse further fills."""
+class Supervise:
+    """Put a child under supervision (answered once registered)."""
 
-    reentrant = True  # only sets a flag: safe when a signal handler interrupts the bucket
+    child: str
+    factory: Callable[[], pykka.ActorRef[Any]]
+    restarted: Callable[[pykka.ActorRef[Any], list[Answer]], None]
+    gave_up: Callable[[BaseException, list[Answer]], None]
+    max_restarts: int = 3
+    window: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChildFailed:
+    """A supervised child crashed; ``tasks`` are the ids and refs of its live tasks."""
+
+    child: str
+    error: BaseException | None
+    tasks: list[tuple[str, pykka.ActorRef[Any]]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Unsupervise:
+    """Forget a child (it is stopping on purpose)."""
+
+    child: str

@@ -21,7 +21,9 @@ from gobucket.actors.actor import RuntimeActor
 from gobucket.config import TaskType
 from gobucket.context import TaskContext
 from gobucket.errors import TaskNotFoundError
+from gobucket.executors.runner import HookDone, HookKind
 from gobucket.recovery.record import RescuedTask
+from gobucket.types import Outcome
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -96,7 +98,7 @@ class TaskActor(RuntimeActor):
         self.ctx = TaskContext(task_id, spec.name, task_type, now, now + life_span)
         self.run_after = run_after
         self.state = WAITING
-        self.outcome: m.Outcome | None = None
+        self.outcome: Outcome | None = None
         self._fire: Timer | None = None
         self._expire: Timer | None = None
         self._running: RunHandle | None = None
@@ -108,10 +110,10 @@ class TaskActor(RuntimeActor):
     def on_start(self) -> None:
         """Arm the life-span timer, then run at once or arm the ``run_after`` timer."""
         if self._crashed is not None:
-            self._end(m.Outcome.EXECUTE_ERROR, self._crashed)
+            self._end(Outcome.EXECUTE_ERROR, self._crashed)
             return
         if self._exhausted:
-            self._end(m.Outcome.EXHAUSTED)  # its life span ran out before it was filled
+            self._end(Outcome.EXHAUSTED)  # its life span ran out before it was filled
             return
         timers = self.runtime.timers
         ctx = self.ctx
@@ -149,8 +151,8 @@ class TaskActor(RuntimeActor):
     def on_receive(self, message: Any) -> Any:
         """Handle Fire, Expire, Retry, Drain, Panic and hook results."""
         kind = type(message)
-        if kind is m.HookDone:
-            if message.kind is m.HookKind.EXECUTE:
+        if kind is HookDone:
+            if message.kind is HookKind.EXECUTE:
                 self._on_executed(message.error)
             else:
                 self._on_end_done(message.error)
@@ -163,7 +165,7 @@ class TaskActor(RuntimeActor):
         if kind is m.Expire:
             if self.state in _LIVE and self.state != HANDING:
                 self._expire = None
-                self._end(m.Outcome.EXHAUSTED)
+                self._end(Outcome.EXHAUSTED)
             return None
         if kind is m.Retry:
             if self.state == RETRY_WAIT:
@@ -196,11 +198,11 @@ class TaskActor(RuntimeActor):
             return False
         if placed:
             self.state = ENDED
-            self.outcome = m.Outcome.HANDED_OFF
+            self.outcome = Outcome.HANDED_OFF
             self._disarm()
             if self.spec.verbose:
                 logger.info("[%s] task %s handed off to a peer", self.spec.name, self.task_id)
-            tell_quietly(self.spec.bucket, m.TaskEnded(self.task_id, m.Outcome.HANDED_OFF))
+            tell_quietly(self.spec.bucket, m.TaskEnded(self.task_id, Outcome.HANDED_OFF))
             self._stop()
             return True
         return self._panic()
@@ -219,14 +221,14 @@ class TaskActor(RuntimeActor):
         if entry is None:
             self._on_executed(None)
             return
-        self._running = self._submit(entry, (ctx, self.task_id, self.data), m.HookKind.EXECUTE)
+        self._running = self._submit(entry, (ctx, self.task_id, self.data), HookKind.EXECUTE)
 
     def _on_executed(self, error: BaseException | None) -> None:
         if self.state != RUNNING:
             return  # a late result: the task already ended another way
         self._running = None
         if error is None:
-            self._end(m.Outcome.FINISHED)
+            self._end(Outcome.FINISHED)
             return
         spec = self.spec
         ctx = self.ctx
@@ -244,15 +246,15 @@ class TaskActor(RuntimeActor):
                 self.state = RETRY_WAIT
                 self._fire = self.runtime.timers.schedule(due, self.actor_ref, m.RETRY)
                 return
-        self._end(m.Outcome.EXECUTE_ERROR, error)
+        self._end(Outcome.EXECUTE_ERROR, error)
 
     def _end(
-        self, outcome: m.Outcome, error: BaseException | None = None, *, urgent: bool = False
+        self, outcome: Outcome, error: BaseException | None = None, *, urgent: bool = False
     ) -> None:
         self.state = ENDING
         self.outcome = outcome
         # Only an end that cuts the task short cancels its context.
-        self._disarm(cancel=outcome in (m.Outcome.EXHAUSTED, m.Outcome.PANICKED))
+        self._disarm(cancel=outcome in (Outcome.EXHAUSTED, Outcome.PANICKED))
         hooks = self.spec.hooks
         if self.spec.verbose:
             logger.info(
@@ -263,19 +265,19 @@ class TaskActor(RuntimeActor):
                 f" ({error!r})" if error is not None else "",
             )
         args: tuple[Any, ...] = (self.ctx, self.task_id, self.data)
-        if outcome is m.Outcome.FINISHED:
+        if outcome is Outcome.FINISHED:
             entry = hooks.finish
-        elif outcome is m.Outcome.EXECUTE_ERROR:
+        elif outcome is Outcome.EXECUTE_ERROR:
             entry = hooks.execute_error
             args = (*args, error)
-        elif outcome is m.Outcome.EXHAUSTED:
+        elif outcome is Outcome.EXHAUSTED:
             entry = hooks.exhausted
         else:
             entry = hooks.panic
         if entry is None:
             self._on_end_done(None)
         else:
-            self._submit(entry, args, m.HookKind.END, urgent=urgent)
+            self._submit(entry, args, HookKind.END, urgent=urgent)
 
     def _on_end_done(self, error: BaseException | None) -> None:
         if self.state != ENDING:
@@ -303,12 +305,12 @@ class TaskActor(RuntimeActor):
                 reply.set_exception((type(err), err, None))
             return False
         self.state = ENDED
-        self.outcome = m.Outcome.DRAINED
+        self.outcome = Outcome.DRAINED
         self._disarm()
         if self.spec.verbose:
             logger.info("[%s] task %s drained", self.spec.name, self.task_id)
         if reply is not None:
-            tell_quietly(self.spec.bucket, m.TaskEnded(self.task_id, m.Outcome.DRAINED, reply))
+            tell_quietly(self.spec.bucket, m.TaskEnded(self.task_id, Outcome.DRAINED, reply))
         self._stop()
         return True
 
@@ -319,7 +321,7 @@ class TaskActor(RuntimeActor):
         record = None
         if self.state in _LIVE:
             record = self._record()
-            self._end(m.Outcome.PANICKED, urgent=True)
+            self._end(Outcome.PANICKED, urgent=True)
         if self.state == ENDED:  # no on_panic hook: ended on the spot
             return record, done_future(True)
         ended: LatchFuture[Any] = LatchFuture()
@@ -373,12 +375,12 @@ class TaskActor(RuntimeActor):
         self,
         entry: tuple[Hook, bool],
         args: tuple[Any, ...],
-        kind: m.HookKind,
+        kind: HookKind,
         *,
         urgent: bool = False,
     ) -> RunHandle | None:
         fn, is_async = entry
-        load = self.spec.load if kind is m.HookKind.EXECUTE else None
+        load = self.spec.load if kind is HookKind.EXECUTE else None
         if is_async:
             return self.runtime.async_runner.submit(
                 fn, args, self.actor_ref, kind, urgent=urgent, load=load

@@ -12,9 +12,8 @@ from typing import Any
 import pykka
 
 from gobucket._threads import mark_runtime_thread
-from gobucket.actors.messages import HookKind
 from gobucket.executors.load import WorkLoad
-from gobucket.executors.runner import never_started, report
+from gobucket.executors.runner import HookKind, never_started, report
 
 __all__ = ["AsyncHookRunner"]
 

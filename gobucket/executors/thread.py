@@ -31,9 +31,8 @@ import pykka
 
 from gobucket._ratelimit import RateLimitedLog
 from gobucket._threads import mark_runtime_thread
-from gobucket.actors.messages import HookKind
 from gobucket.executors.load import WorkLoad
-from gobucket.executors.runner import report
+from gobucket.executors.runner import HookKind, report
 
 __all__ = ["ThreadHookRunner"]
 
