@@ -6,7 +6,8 @@ import threading
 from datetime import timedelta
 
 import pytest
-from conftest import WAIT, Recorder, RecordingExecutor
+from helpers.recording import Recorder, RecordingExecutor
+from helpers.waiting import WAIT
 
 import gobucket
 from gobucket import (

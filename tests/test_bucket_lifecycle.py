@@ -8,7 +8,8 @@ import threading
 import time
 
 import pytest
-from conftest import WAIT, Recorder, RecordingExecutor
+from helpers.recording import Recorder, RecordingExecutor
+from helpers.waiting import WAIT
 
 from gobucket import (
     ActorRuntime,

@@ -9,7 +9,8 @@ import threading
 import time
 
 import pytest
-from conftest import END_HOOKS, WAIT, Recorder, RecordingExecutor
+from helpers.recording import END_HOOKS, Recorder, RecordingExecutor
+from helpers.waiting import WAIT
 
 from gobucket import Executor, TaskNotFoundError, TaskType
 from gobucket.actors.bucket import BucketActor

@@ -11,7 +11,8 @@ import textwrap
 import threading
 
 import pytest
-from conftest import WAIT, RecordingExecutor
+from helpers.recording import RecordingExecutor
+from helpers.waiting import WAIT
 
 from gobucket import ActorRuntime, BucketConfig, TaskBucket, TaskType
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import WAIT, RecordingExecutor
+from helpers.recording import RecordingExecutor
+from helpers.waiting import WAIT
 
 from gobucket import TaskType
 from gobucket.actors.task import TaskActor

@@ -30,7 +30,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from group_helpers import BUCKET, SECRET, Cluster, hold, peer_info, wait_peer_up, wait_until
+from helpers.cluster import BUCKET, SECRET, Cluster, hold, peer_info, wait_peer_up
+from helpers.waiting import wait_until
 from zeroconf import IPVersion, ServiceInfo, Zeroconf
 
 import gobucket.actors.group as group_actor

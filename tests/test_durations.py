@@ -12,10 +12,11 @@ import time
 from datetime import timedelta
 from typing import Any
 
-import group_helpers
 import pytest
-from conftest import WAIT, Recorder, RecordingExecutor
-from group_helpers import Cluster, RawPeer
+from helpers.cluster import Cluster
+from helpers.raw_peer import RawPeer
+from helpers.recording import Recorder, RecordingExecutor
+from helpers.waiting import WAIT, wait_until
 
 from gobucket import BucketConfig, InvalidArgumentError, TaskBucket, TaskType
 from gobucket.config import MAX_DURATION, to_seconds
@@ -138,7 +139,7 @@ def test_timers_keep_firing_after_a_refused_far_future_fill(
 def test_peer_fill_with_a_far_future_duration_is_refused(
     cluster: Cluster, fields: dict[str, Any]
 ) -> None:
-    executor = group_helpers.RecordingExecutor()
+    executor = RecordingExecutor()
     bucket = cluster.bucket(executor=executor)
     server = cluster.group(bucket)
     with RawPeer(server.address) as raw:
@@ -150,12 +151,12 @@ def test_peer_fill_with_a_far_future_duration_is_refused(
         # The connection stays up, and the node's timers still fire.
         accepted = raw.fill("near", None, rid=2, run_after=0.05, life_span=WAIT * 2)
         assert accepted == {"t": "ack", "rid": 2, "ok": True}
-        group_helpers.wait_until(lambda: "near" in executor.executed_ids(), what="near fired")
+        wait_until(lambda: "near" in executor.executed_ids(), what="near fired")
         raw.ping(seq=3)
 
 
 def test_peer_fill_with_a_task_id_over_one_kib_is_refused(cluster: Cluster) -> None:
-    bucket = cluster.bucket(executor=group_helpers.RecordingExecutor())
+    bucket = cluster.bucket(executor=RecordingExecutor())
     server = cluster.group(bucket)
     with RawPeer(server.address) as raw:
         raw.handshake()

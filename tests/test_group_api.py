@@ -12,21 +12,19 @@ from typing import Any
 
 import pykka
 import pytest
-from group_helpers import (
+from helpers.cluster import (
     BUCKET,
     HOLD,
-    WAIT,
     Cluster,
-    NullExecutor,
-    RecordingExecutor,
     addr_text,
     free_port,
     hold,
     peer_info,
     wait_peer_load,
     wait_peer_up,
-    wait_until,
 )
+from helpers.recording import NullExecutor, RecordingExecutor
+from helpers.waiting import WAIT, wait_until
 
 from gobucket import (
     BucketConfig,

@@ -10,19 +10,9 @@ from typing import Any
 
 import msgpack
 import pytest
-from group_helpers import (
-    BUCKET,
-    HOLD,
-    WAIT,
-    Cluster,
-    FakePeer,
-    addr_text,
-    hold,
-    outcome,
-    peer_info,
-    wait_peer_up,
-    wait_until,
-)
+from helpers.cluster import BUCKET, HOLD, Cluster, addr_text, hold, peer_info, wait_peer_up
+from helpers.fake_peer import FakePeer
+from helpers.waiting import WAIT, outcome, wait_until
 
 from gobucket import (
     DuplicateTaskError,

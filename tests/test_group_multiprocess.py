@@ -11,21 +11,18 @@ from typing import Any
 
 import pykka
 import pytest
-from group_helpers import (
+from helpers.child_node import ChildNode
+from helpers.cluster import (
     BUCKET,
     HOLD,
-    WAIT,
-    ChildNode,
     Cluster,
     addr_text,
-    future_done,
     hold,
-    outcome,
     peer_info,
     wait_peer_load,
     wait_peer_up,
-    wait_until,
 )
+from helpers.waiting import WAIT, future_done, outcome, wait_until
 
 from gobucket import (
     NoPeerAvailableError,

@@ -8,17 +8,8 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from group_helpers import (
-    BUCKET,
-    HOLD,
-    WAIT,
-    Cluster,
-    free_port,
-    hold,
-    outcome,
-    wait_peer_load,
-    wait_peer_up,
-)
+from helpers.cluster import BUCKET, HOLD, Cluster, free_port, hold, wait_peer_load, wait_peer_up
+from helpers.waiting import WAIT, outcome
 
 from gobucket import (
     NoPeerAvailableError,

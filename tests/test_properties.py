@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 
-from conftest import END_HOOKS, WAIT, Recorder, RecordingExecutor
+from helpers.recording import END_HOOKS, Recorder, RecordingExecutor
+from helpers.waiting import WAIT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -10,8 +10,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import WAIT, Recorder, RecordingExecutor
-from conftest import close_all as shared_close_all
+from helpers.cluster import close_all as shared_close_all
+from helpers.recording import Recorder, RecordingExecutor
+from helpers.waiting import WAIT
 
 import gobucket
 from gobucket import (

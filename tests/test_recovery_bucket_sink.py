@@ -9,11 +9,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import WAIT, Recorder, RecordingExecutor
-from conftest import close_all as shared_close_all
+from helpers.cluster import close_all as shared_close_all
+from helpers.recording import Recorder, RecordingExecutor
+from helpers.waiting import WAIT
 
 from gobucket import BucketConfig, Executor, JsonlRescueSink, RedisRescueSink, TaskBucket, TaskType
-from tests.redis_fixture import redis_url  # noqa: F401  (a fixture)
 
 
 def close_all(buckets: list[TaskBucket]) -> None:

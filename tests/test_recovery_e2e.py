@@ -12,16 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import rescue_child
+from helpers.child_process import ChildProcess
+from helpers.rescue_child import LIFE_SPAN, RUN_AFTER, task_data
 
 from gobucket import BucketConfig, Executor, JsonlRescueSink, RedisRescueSink, TaskBucket, TaskType
 from gobucket import replay as replay_sink
-from tests.child_process import ChildProcess
-from tests.nodes.rescue_child import LIFE_SPAN, RUN_AFTER, task_data
-from tests.redis_fixture import redis_url  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.slow
 
-CHILD = Path(__file__).parent / "nodes" / "rescue_child.py"
+CHILD = Path(rescue_child.__file__)
 N = 500
 WAIT = 60.0  # generous: a loaded 2-core machine
 EXIT_WAIT = 30.0  # for a signalled child to rescue ~1000 tasks and exit

@@ -11,8 +11,9 @@ from typing import Any
 
 import msgpack
 import pytest
-from conftest import WAIT, Recorder, RecordingExecutor
-from conftest import close_all as shared_close_all
+from helpers.cluster import close_all as shared_close_all
+from helpers.recording import Recorder, RecordingExecutor
+from helpers.waiting import WAIT
 
 from gobucket import (
     BucketConfig,
@@ -25,7 +26,6 @@ from gobucket import (
     TaskType,
     replay,
 )
-from tests.redis_fixture import redis_url  # noqa: F401  (a fixture)
 
 EPS = 0.002  # float rounding of the 1 ms timer wheel; timers never fire early
 LATE = 0.05  # a replayed time bomb fires within 50 ms of its original due time
@@ -404,7 +404,7 @@ def test_replay_into_a_group_ends_an_expired_task_in_its_own_bucket(make_bucket,
         assert not stopper.is_alive(), "group.stop() hung"
 
 
-def test_replay_from_redis(make_bucket, redis_url):  # noqa: F811
+def test_replay_from_redis(make_bucket, redis_url):
     sink = RedisRescueSink(redis_url, "rescued")
     try:
         sink.write(bombs(25))

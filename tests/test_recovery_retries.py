@@ -8,7 +8,8 @@ import time
 
 import pykka
 import pytest
-from conftest import WAIT, RecordingExecutor
+from helpers.recording import RecordingExecutor
+from helpers.waiting import WAIT
 
 from gobucket import (
     ActorRuntime,

@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import rescue_child
+from helpers.redis_server import start_redis, stop_redis
 
 import gobucket
 from gobucket import JsonlRescueSink, RedisRescueSink, RescuedTask, TaskType
 from gobucket.errors import SinkWriteError
 from gobucket.recovery import sinks as sinks_module
-from tests.redis_fixture import _stop, redis_url, start_redis  # noqa: F401  (a fixture)
 
-CHILD = Path(__file__).parent / "nodes" / "rescue_child.py"
+CHILD = Path(rescue_child.__file__)
 WAIT = 20.0
 
 DATA = [
@@ -363,7 +364,7 @@ def test_jsonl_survives_a_process_killed_in_the_middle_of_writing(tmp_path):
 # RedisRescueSink --------------------------------------------------------------------------
 
 
-def test_redis_sink_stores_every_field_in_a_hash(redis_url):  # noqa: F811
+def test_redis_sink_stores_every_field_in_a_hash(redis_url):
     import redis
 
     sink = RedisRescueSink(redis_url, "rescued:test")
@@ -392,7 +393,7 @@ def test_redis_sink_stores_every_field_in_a_hash(redis_url):  # noqa: F811
 
 
 def test_redis_sink_remove_forgets_only_the_given_tasks_and_keys_are_separate(
-    redis_url,  # noqa: F811
+    redis_url,
 ):
     a = RedisRescueSink(redis_url, "rescued:a")
     b = RedisRescueSink(redis_url, "rescued:b")
@@ -415,7 +416,7 @@ def test_redis_sink_remove_forgets_only_the_given_tasks_and_keys_are_separate(
         b.close()
 
 
-def test_redis_sink_skips_an_invalid_record(redis_url):  # noqa: F811
+def test_redis_sink_skips_an_invalid_record(redis_url):
     import redis
 
     sink = RedisRescueSink(redis_url, "rescued:bad")
@@ -429,7 +430,7 @@ def test_redis_sink_skips_an_invalid_record(redis_url):  # noqa: F811
         sink.close()
 
 
-def test_redis_a_record_that_cannot_be_encoded_does_not_stop_the_others(redis_url):  # noqa: F811
+def test_redis_a_record_that_cannot_be_encoded_does_not_stop_the_others(redis_url):
     sink = RedisRescueSink(redis_url, "rescued:bad-data")
     try:
         good = records(prefix="g")
@@ -443,7 +444,7 @@ def test_redis_a_record_that_cannot_be_encoded_does_not_stop_the_others(redis_ur
         sink.close()
 
 
-def test_redis_timeout_is_an_attribute_with_a_default(redis_url):  # noqa: F811
+def test_redis_timeout_is_an_attribute_with_a_default(redis_url):
     default, short = RedisRescueSink(redis_url), RedisRescueSink(redis_url, timeout=0.5)
     try:
         assert default.timeout == 2.0 and short.timeout == 0.5
@@ -452,7 +453,7 @@ def test_redis_timeout_is_an_attribute_with_a_default(redis_url):  # noqa: F811
         short.close()
 
 
-def test_redis_a_chunk_that_runs_after_its_fence_stores_nothing(redis_url, monkeypatch):  # noqa: F811
+def test_redis_a_chunk_that_runs_after_its_fence_stores_nothing(redis_url, monkeypatch):
     """The server runs a chunk after the client stopped waiting for it (here: the
     client's clock is 10 s behind, the same as a command held 10 s by a frozen server)."""
     sink = RedisRescueSink(redis_url, "rescued:fenced", timeout=1.0)
@@ -468,7 +469,7 @@ def test_redis_a_chunk_that_runs_after_its_fence_stores_nothing(redis_url, monke
         sink.close()
 
 
-def test_redis_writes_in_chunks_and_stops_when_its_budget_is_spent(redis_url, monkeypatch):  # noqa: F811
+def test_redis_writes_in_chunks_and_stops_when_its_budget_is_spent(redis_url, monkeypatch):
     sink = RedisRescueSink(redis_url, "rescued:budget", timeout=1.0, chunk=2)
     calls = 0
 
@@ -507,7 +508,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGCONT)
-        _stop(proc)
+        stop_redis(proc)
 
 
 def timed_write(sink: RedisRescueSink, tasks: list[RescuedTask]) -> tuple[float, BaseException]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pykka
 import pytest
-from conftest import WAIT
+from helpers.waiting import WAIT
 
 from gobucket import ActorRuntime
 from gobucket.actors.actor import RuntimeActor

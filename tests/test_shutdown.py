@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import WAIT, RecordingExecutor
+from helpers.recording import RecordingExecutor
+from helpers.waiting import WAIT
 
 from gobucket import (
     ActorRuntime,

@@ -1,6 +1,6 @@
 """Issue 8, "nothing accepted is ever lost": shutdown end to end.
 
-Child processes (``tests/nodes/shutdown_child.py``) are signalled while they work, and
+Child processes (``tests/helpers/shutdown_child.py``) are signalled while they work, and
 every task they accepted must have ended exactly once or be stored exactly once (rescue
 sink or fallback file), including while Redis is frozen or killed. A last, in-process
 soak fills 1,000,000 tasks and checks every one ends exactly once.
@@ -23,6 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import shutdown_child
+from helpers.child_process import ChildProcess
+from helpers.redis_server import start_redis, stop_redis
+from helpers.shutdown_child import BOMB_LIFE, BOMB_WAIT, NAME, bomb_data
 
 from gobucket import (
     ActorRuntime,
@@ -35,13 +39,10 @@ from gobucket import (
     TaskType,
 )
 from gobucket import replay as replay_sink
-from tests.child_process import ChildProcess
-from tests.nodes.shutdown_child import BOMB_LIFE, BOMB_WAIT, NAME, bomb_data
-from tests.redis_fixture import _stop, redis_url, start_redis  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.slow
 
-CHILD = Path(__file__).parent / "nodes" / "shutdown_child.py"
+CHILD = Path(shutdown_child.__file__)
 WAIT = 60.0  # generous: a loaded 2-core machine
 SIGNAL_TIMEOUT = 10.0  # install_signal_handlers' default rescue bound
 EXIT_MARGIN = 5.0  # process start-up, scheduling and os._exit on a loaded machine
@@ -92,7 +93,7 @@ def redis_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, 
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGCONT)  # a stopped server ignores SIGTERM until resumed
-        _stop(proc)
+        stop_redis(proc)
 
 
 def lines_of(path: Path) -> list[tuple[str, str]]:

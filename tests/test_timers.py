@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import WAIT
+from helpers.waiting import WAIT
 
 import gobucket._threads as threads_module
 from gobucket.actors.actor import RuntimeActor

@@ -25,19 +25,10 @@ from typing import Any
 
 import pytest
 from cryptography.exceptions import InvalidTag
-from group_helpers import (
-    BUCKET,
-    HOLD,
-    SECRET,
-    WAIT,
-    Cluster,
-    RawPeer,
-    RecordingExecutor,
-    hold,
-    outcome,
-    wait_peer_up,
-    wait_until,
-)
+from helpers.cluster import BUCKET, HOLD, SECRET, Cluster, hold, wait_peer_up
+from helpers.raw_peer import RawPeer
+from helpers.recording import RecordingExecutor
+from helpers.waiting import WAIT, outcome, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

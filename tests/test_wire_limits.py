@@ -26,20 +26,9 @@ from typing import Any
 
 import psutil
 import pytest
-from group_helpers import (
-    BUCKET,
-    HOLD,
-    REPO_ROOT,
-    WAIT,
-    ChildNode,
-    Cluster,
-    free_port,
-    hold,
-    outcome,
-    peer_info,
-    wait_peer_up,
-    wait_until,
-)
+from helpers.child_node import REPO_ROOT, ChildNode
+from helpers.cluster import BUCKET, HOLD, Cluster, free_port, hold, peer_info, wait_peer_up
+from helpers.waiting import WAIT, outcome, wait_until
 
 from gobucket import NoPeerAvailableError, Placement, TaskBucketGroup
 from gobucket.actors import remote

@@ -14,16 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from group_helpers import (
-    BUCKET,
-    HOLD,
-    SECRET,
-    WAIT,
-    Cluster,
-    RawPeer,
-    hold,
-    wait_peer_up,
-)
+from helpers.cluster import BUCKET, HOLD, SECRET, Cluster, hold, wait_peer_up
+from helpers.raw_peer import RawPeer
+from helpers.waiting import WAIT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

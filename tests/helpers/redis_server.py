@@ -1,9 +1,9 @@
 """A real redis-server for the recovery tests (no mocks).
 
-Import the fixture into a test module with ``from tests.redis_fixture import redis_url``.
-It starts ``redis-server`` (found on PATH) on a free loopback port, with persistence
-off, waits until it answers PING, yields its URL and terminates it afterwards. It
-skips the test with a clear reason only when ``redis-server`` is not installed.
+The ``redis_url`` fixture (in ``tests/conftest.py``) calls :func:`start_redis`: it starts
+``redis-server`` (found on PATH) on a free loopback port, with persistence off, waits until
+it answers PING, yields its URL and stops it afterwards (:func:`stop_redis`). It skips the
+test with a clear reason only when ``redis-server`` is not installed.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ def _free_port() -> int:
         return port
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_redis(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -93,17 +92,7 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
             if _wait_for_ping(proc, url):
                 return proc, url
         except BaseException:
-            _stop(proc)
+            stop_redis(proc)
             raise
-        _stop(proc)
+        stop_redis(proc)
     raise RuntimeError(f"redis-server failed to start: {log.read_text(errors='replace')}")
-
-
-@pytest.fixture
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The URL of a fresh, empty redis-server used by this test alone."""
-    proc, url = start_redis(tmp_path_factory.mktemp("redis"))
-    try:
-        yield url
-    finally:
-        _stop(proc)
