@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from _common import RESULTS_DIR, make_table, percentile, wide_console, write_results
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results" / "bench_bucket.json"
+RESULTS = RESULTS_DIR / "bench_bucket.json"
 MARKER = "BENCH_JSON:"
 
 # Sizes: (full, quick).
@@ -55,13 +55,6 @@ def rss() -> int:
     """Resident set size of this process after a full collection, in bytes."""
     gc.collect()
     return int(psutil.Process().memory_info().rss)
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return sorted_values[index]
 
 
 class Counter:
@@ -681,12 +674,7 @@ def anomalies(r: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def main_parent(quick: bool) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    if console.width < 150:
-        console = Console(width=150)
+    console = wide_console(150)
     results: dict[str, dict[str, Any]] = {}
     total0 = time.perf_counter()
     for name in SECTIONS:
@@ -696,20 +684,19 @@ def main_parent(quick: bool) -> int:
     total = time.perf_counter() - total0
 
     rows = build_rows(results)
-    table = Table(
-        title=f"gobucket standalone benchmark ({'quick' if quick else 'full'}, "
-        f"{os.cpu_count()} CPUs, Python {platform.python_version()})"
+    table = make_table(
+        f"gobucket standalone benchmark ({'quick' if quick else 'full'}, "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()})",
+        [
+            ("Figure", "left"),
+            ("gobucket", "right"),
+            ("Peer", "left"),
+            ("Peer value", "right"),
+            ("Advantage", "right"),
+            ("Target", "left"),
+            ("Met", "left"),
+        ],
     )
-    for col, justify in (
-        ("Figure", "left"),
-        ("gobucket", "right"),
-        ("Peer", "left"),
-        ("Peer value", "right"),
-        ("Advantage", "right"),
-        ("Target", "left"),
-        ("Met", "left"),
-    ):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for row in rows:
         table.add_row(
             row["figure"],
@@ -726,12 +713,8 @@ def main_parent(quick: bool) -> int:
         console.print(f"[red]anomaly:[/] {note}")
     console.print(f"[dim]total {total:.1f}s[/]")
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     payload = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "mode": "quick" if quick else "full",
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
         "total_seconds": total,
         "targets": {
             "immediate_rate": TARGET_IMM_RATE,
@@ -744,7 +727,7 @@ def main_parent(quick: bool) -> int:
         "anomalies": notes,
         "sections": results,
     }
-    RESULTS.write_text(json.dumps(payload, indent=2) + "\n")
+    write_results(RESULTS, payload)
     console.print(f"[dim]results written to {RESULTS}[/]")
     return 0
 

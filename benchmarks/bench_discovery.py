@@ -7,7 +7,7 @@ secret (``insecure=True``: discovered addresses join the allow list). Results go
 ``benchmarks/results/bench_discovery.json`` (``--out`` to change).
 
 One *observer* node A (cluster bucket of 1 slot, kept full) watches *subject*
-nodes, each a ``gobucket.testing.lan_node`` child process, come and go:
+nodes, each a ``gobucket.testing.node`` child process, come and go:
 
 * ``start``: from launching a subject process until A places an overflow fill
   on it (A's ``peers`` polled until the subject is up with loads, then a fill
@@ -38,27 +38,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import functools
 import logging
 import os
-import platform
-import queue
 import random
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results" / "bench_discovery.json"
+from _common import RESULTS_DIR, NodeProcess, make_table, wide_console, write_results
+
+RESULTS = RESULTS_DIR / "bench_discovery.json"
 
 PING = 0.3  # seconds between load pings, on every node
 PORT = 7300  # the fixed port of namespace nodes
@@ -89,94 +86,6 @@ LABELS: dict[str, str] = {
 }
 
 
-# --------------------------------------------------------------------------- helpers
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile of ``values`` (not empty)."""
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[rank]
-
-
-class NodeProcess:
-    """A ``lan_node`` child: JSON commands on stdin, events read by a thread."""
-
-    def __init__(self, proc: subprocess.Popen[str], launched: float, log: Path) -> None:
-        self.proc = proc
-        self.launched = launched
-        self.log = log
-        self.node_id: str | None = None
-        self.ready_at: float | None = None
-        self._events: queue.Queue[tuple[float, dict[str, Any] | None]] = queue.Queue()
-        self._reader = threading.Thread(target=self._read_lines, daemon=True)
-        self._reader.start()
-
-    def _read_lines(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                message = json.loads(line)
-            except ValueError:
-                continue
-            self._events.put((time.monotonic(), message))
-        self._events.put((time.monotonic(), None))
-
-    def send(self, **command: Any) -> None:
-        """Write one command line."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(command) + "\n")
-        self.proc.stdin.flush()
-
-    def read(self, event: str, timeout: float = MEASURE_TIMEOUT) -> dict[str, Any]:
-        """The next ``event`` line (others are skipped); raises on timeout or exit."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no {event!r} from the node within {timeout}s")
-            try:
-                at, message = self._events.get(timeout=left)
-            except queue.Empty:
-                continue
-            if message is None:
-                raise RuntimeError(f"node exited before {event!r}: {self.tail()}")
-            if message.get("event") == "ready":
-                self.node_id, self.ready_at = message["node"], at
-            if message.get("event") == event:
-                return message
-
-    def poll_ready(self) -> bool:
-        """Take a ``ready`` line if one arrived (never blocks)."""
-        while self.node_id is None:
-            try:
-                at, message = self._events.get_nowait()
-            except queue.Empty:
-                return False
-            if message is None:
-                raise RuntimeError(f"node exited before 'ready': {self.tail()}")
-            if message.get("event") == "ready":
-                self.node_id, self.ready_at = message["node"], at
-        return True
-
-    def tail(self) -> str:
-        """The end of the node's stderr, for error messages."""
-        with contextlib.suppress(OSError):
-            return self.log.read_text(errors="replace")[-800:]
-        return ""
-
-    def end(self) -> None:
-        """Make sure the process is gone (SIGKILL if it is still running)."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGKILL)
-                os.kill(self.proc.pid, signal.SIGCONT)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(10)
-        for stream in (self.proc.stdin, self.proc.stdout):
-            with contextlib.suppress(OSError, ValueError):
-                if stream is not None:
-                    stream.close()
-
-
 class Observer(Protocol):
     """Node A, whichever way it runs."""
 
@@ -190,7 +99,7 @@ class Observer(Protocol):
 
 
 class ProcessObserver:
-    """A runs as a ``lan_node`` process (namespace mode)."""
+    """A runs as a ``gobucket.testing.node`` process (namespace mode)."""
 
     def __init__(self, node: NodeProcess) -> None:
         self.node = node
@@ -295,14 +204,11 @@ class Bench:
 
     # processes ----------------------------------------------------------------------
     def launch(self, host: int, size: int) -> NodeProcess:
-        """Start a lan_node on ``host`` (namespace index; ignored on loopback)."""
+        """Start a node on ``host`` (namespace index; ignored on loopback)."""
         self._seq += 1
         log = self.logs / f"node{self._seq}-h{host}.log"
         address = self.lan.addresses[host] if self.lan is not None else "127.0.0.1"
-        argv = [
-            sys.executable,
-            "-m",
-            "gobucket.testing.lan_node",
+        options = [
             "--host",
             address,
             "--port",
@@ -315,20 +221,10 @@ class Bench:
             str(PING),
             *(["--secret", self.secret] if self.secret is not None else ["--insecure"]),
         ]
-        options: dict[str, Any] = {
-            "stdin": subprocess.PIPE,
-            "stdout": subprocess.PIPE,
-            "stderr": log.open("w"),
-            "text": True,
-            "bufsize": 1,
-        }
-        launched = time.monotonic()
-        if self.lan is not None:
-            proc = self.lan.popen(host, argv, **options)
-        else:
-            proc = subprocess.Popen(argv, **options)
-        options["stderr"].close()
-        node = NodeProcess(proc, launched, log)
+        popen = (
+            functools.partial(self.lan.popen, host) if self.lan is not None else subprocess.Popen
+        )
+        node = NodeProcess.start(options, log, popen=popen)
         self.subjects.append(node)
         return node
 
@@ -532,24 +428,20 @@ def render(
     mode: str, why: str, rows: list[dict[str, Any]], bench: Bench, took: float, out: Path
 ) -> None:
     """Print the rich table and the notes."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(width=max(Console().width, 100))
-    table = Table(
-        title=f"gobucket LAN discovery — mode {mode}, ping {PING}s, {bench.reps} reps, "
-        + ("with a secret" if bench.secret else "no secret")
+    console = wide_console(100)
+    table = make_table(
+        f"gobucket LAN discovery — mode {mode}, ping {PING}s, {bench.reps} reps, "
+        + ("with a secret" if bench.secret else "no secret"),
+        [
+            ("figure", "left"),
+            ("n", "right"),
+            ("p50", "right"),
+            ("max", "right"),
+            ("target", "right"),
+            ("met", "center"),
+            ("how dropped", "left"),
+        ],
     )
-    for column, justify in (
-        ("figure", "left"),
-        ("n", "right"),
-        ("p50", "right"),
-        ("max", "right"),
-        ("target", "right"),
-        ("met", "center"),
-        ("how dropped", "left"),
-    ):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
 
     def ms(value: float | None) -> str:
         return "—" if value is None else f"{value * 1000:.0f} ms"
@@ -619,12 +511,8 @@ def main() -> int:
     took = time.monotonic() - began
     rows = bench.summary()
     payload = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "mode": mode,
         "mode_reason": why if mode == "loopback" else "VirtualLan of 3 network namespaces",
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
         "secret": not args.no_secret,
         "ping_interval_s": PING,
         "poll_interval_s": POLL,
@@ -635,8 +523,7 @@ def main() -> int:
         "failures": bench.failures,
         "notes": sorted(set(bench.notes)),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    write_results(args.out, payload)
     render(mode, why, rows, bench, took, args.out)
     return 0
 

@@ -2,9 +2,9 @@
 
 Run ``python benchmarks/bench_group.py`` (add ``--quick`` for a smaller run).
 
-The script starts a child copy of itself with ``--node``: a node that serves a
-big bucket on 127.0.0.1 (port 0, a secret shared through the environment),
-prints its port, and then answers ``count`` on its stdin with ``len(bucket)``.
+The script starts a child node (``python -m gobucket.testing.node``, driven through
+``benchmarks/_common.py``) that serves a big bucket on 127.0.0.1 (port 0, a secret
+shared through the environment) and answers ``count`` with ``len(bucket)``.
 The parent's own bucket has ``max_bucket=1`` and is already full, so every
 group fill overflows to the child. It measures, in one run:
 
@@ -24,25 +24,21 @@ deadline.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import logging
 import os
-import platform
 import secrets
+import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results" / "bench_group.json"
+from _common import RESULTS_DIR, NodeProcess, make_table, percentile, wide_console, write_results
+
+RESULTS = RESULTS_DIR / "bench_group.json"
 SECRET_ENV = "GOBUCKET_BENCH_SECRET"
 BUCKET = "bench"
 CHILD_DEADLINE = 150.0  # the child exits by itself after this many seconds, whatever happens
@@ -61,100 +57,30 @@ TARGET_P99_MS = 5.0
 PACE_HELD = 0.95  # the p99 target counts only if the paced run kept at least 95% of PACE
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return sorted_values[index]
-
-
-# --------------------------------------------------------------------------- the child node
-def run_node() -> int:
-    """Serve a big bucket; print ``PORT n``; answer ``count`` with ``COUNT n`` until ``quit``."""
-    from gobucket import BucketConfig, Executor, TaskBucket, TaskBucketGroup
-
-    # Whatever happens to the parent, this process does not outlive the benchmark.
-    killer = threading.Timer(CHILD_DEADLINE, os._exit, args=(3,))
-    killer.daemon = True
-    killer.start()
-    logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
-    bucket = TaskBucket(BucketConfig(max_bucket=1_000_000, name=BUCKET, **PENDING), Executor())
-    group = TaskBucketGroup(
-        {BUCKET: bucket},
-        port=0,
-        host="127.0.0.1",
-        secret=os.environ[SECRET_ENV],
-        node_id="child",
-        discovery=False,  # static only: no mDNS traffic
-    ).start()
-    print(f"PORT {group.address[1]}", flush=True)
-    for line in sys.stdin:  # EOF (the parent died or closed the pipe) ends the node
-        command = line.strip()
-        if command == "count":
-            print(f"COUNT {len(bucket)}", flush=True)
-        elif command == "quit":
-            break
-    group.stop()
-    os._exit(0)  # pending time bombs need no rescue: skip closing 26,000 actors
-
-
-class Child:
-    """The child node process, killed for sure on :meth:`close`."""
-
-    def __init__(self, secret: str) -> None:
-        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
-        env = {**os.environ, SECRET_ENV: secret}
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--node"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.stderr,
-            text=True,
-            env=env,
-        )
-        self.port = int(self._expect("PORT", 20.0))
-
-    def _expect(self, word: str, timeout: float) -> str:
-        assert self.proc.stdout is not None
-        result: list[str] = []
-        reader = threading.Thread(
-            target=lambda: result.append(self.proc.stdout.readline()),  # type: ignore[union-attr]
-            daemon=True,
-        )
-        reader.start()
-        reader.join(timeout)
-        line = result[0].strip() if result else ""
-        if not line.startswith(word + " "):
-            raise RuntimeError(f"child node: expected {word}, got {line!r}; {self.errors()}")
-        return line.split(" ", 1)[1]
-
-    def count(self) -> int:
-        """``len(bucket)`` in the child."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("count\n")
-        self.proc.stdin.flush()
-        return int(self._expect("COUNT", 20.0))
-
-    def errors(self) -> str:
-        self.stderr.seek(0)
-        text = self.stderr.read().decode(errors="replace").strip()
-        return f"child stderr: {text[-2000:]}" if text else "child stderr is empty"
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(Exception):
-                assert self.proc.stdin is not None
-                self.proc.stdin.write("quit\n")
-                self.proc.stdin.close()
-            try:
-                self.proc.wait(5.0)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5.0)
-        self.stderr.close()
-
-
 # --------------------------------------------------------------------------- measurements
+def start_child(secret: str) -> NodeProcess:
+    """The child node: a big bucket of pending time bombs, static peers only."""
+    options = [
+        *("--host", "127.0.0.1", "--bucket", BUCKET, "--max", "1000000", "--ping", "1.0"),
+        *("--run-after", str(PENDING["run_after"]), "--life-span", str(PENDING["life_span"])),
+        *("--secret-env", SECRET_ENV, "--node-id", "child", "--no-discovery"),
+        *("--deadline", str(CHILD_DEADLINE), "--exit-fast", "--log-level", "ERROR"),
+    ]
+    log = Path(tempfile.mkdtemp(prefix="gb-bench-group-")) / "child.log"
+    child = NodeProcess.start(options, log, env={**os.environ, SECRET_ENV: secret})
+    try:
+        child.read("ready", 20.0)
+    except BaseException:
+        child.end()
+        raise
+    return child
+
+
+def child_port(child: NodeProcess) -> int:
+    assert child.address is not None
+    return child.address[1]
+
+
 def paced(seconds: float, fill: Callable[[int], Any]) -> dict[str, Any]:
     """Call ``fill(i)`` at PACE per second for ``seconds``; per-call latency in ms."""
     n = int(seconds * PACE)
@@ -214,13 +140,13 @@ def measure(quick: bool) -> dict[str, Any]:
     secret = secrets.token_hex(16)
     out: dict[str, Any] = {}
 
-    child = Child(secret)
+    child = start_child(secret)
     try:
         full = TaskBucket(BucketConfig(max_bucket=1, name=BUCKET, **PENDING), Executor())
         full.fill(bomb, "blocker")  # the local bucket is full from now on
         group = TaskBucketGroup(
             {BUCKET: full},
-            peers=[f"127.0.0.1:{child.port}"],
+            peers=[f"127.0.0.1:{child_port(child)}"],
             port=0,
             host="127.0.0.1",
             secret=secret,
@@ -231,7 +157,7 @@ def measure(quick: bool) -> dict[str, Any]:
             deadline = time.monotonic() + 10.0
             while not any(p.up and p.free(BUCKET) for p in group.peers()):
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"the child node never came up; {child.errors()}")
+                    raise RuntimeError(f"the child node never came up; {child.tail()}")
                 time.sleep(0.01)
             out["child_start_count"] = child.count()
 
@@ -290,7 +216,8 @@ def measure(quick: bool) -> dict[str, Any]:
         finally:
             group.stop()
     finally:
-        child.close()
+        child.stop()
+        shutil.rmtree(child.log.parent, ignore_errors=True)
 
     # (c) the local path: TaskBucket.fill into a bucket with room
     local = TaskBucket(BucketConfig(max_bucket=1_000_000, name="local", **PENDING), Executor())
@@ -315,9 +242,6 @@ def measure(quick: bool) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- report
 def report(out: dict[str, Any], quick: bool, total: float) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
     pipe, sync = out["pipelined"], out["sync"]
     local_rate, local_sync = out["local_rate"], out["local_sync"]
     n = pipe["n"]
@@ -330,9 +254,20 @@ def report(out: dict[str, Any], quick: bool, total: float) -> int:
     def met(flag: bool | None) -> str:
         return "-" if flag is None else ("[green]met[/]" if flag else "[red]not met[/]")
 
-    table = Table(title=f"gobucket group overflow over loopback ({'quick' if quick else 'full'})")
-    for column in ("figure", "overflow to peer", "local TaskBucket.fill", "ratio", "target", ""):
-        table.add_column(column, justify="right" if column != "figure" else "left")
+    table = make_table(
+        f"gobucket group overflow over loopback ({'quick' if quick else 'full'})",
+        [
+            (column, "right" if column != "figure" else "left")
+            for column in (
+                "figure",
+                "overflow to peer",
+                "local TaskBucket.fill",
+                "ratio",
+                "target",
+                "",
+            )
+        ],
+    )
     rows: list[dict[str, Any]] = []
 
     def row(
@@ -427,9 +362,7 @@ def report(out: dict[str, Any], quick: bool, total: float) -> int:
         pace_held,
     )
 
-    console = Console()
-    if console.width < 140:
-        console = Console(width=140)
+    console = wide_console(140)
     console.print(table)
     console.print(
         "[dim]ratio = overflow ÷ local (for rates >1x means the overflow is faster; for "
@@ -442,11 +375,7 @@ def report(out: dict[str, Any], quick: bool, total: float) -> int:
     )
 
     payload = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "mode": "quick" if quick else "full",
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
         "total_seconds": total,
         "pace_per_second": PACE,
         "targets": {"overflow_rate": TARGET_OVERFLOW_RATE, "sync_p99_ms": TARGET_P99_MS},
@@ -459,8 +388,7 @@ def report(out: dict[str, Any], quick: bool, total: float) -> int:
         "rows": rows,
         "raw": out,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(payload, indent=2) + "\n")
+    write_results(RESULTS, payload)
     console.print(f"[dim]results written to {RESULTS}[/]")
     return 0 if all_acked and sync_ok else 1
 
@@ -468,10 +396,7 @@ def report(out: dict[str, Any], quick: bool, total: float) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, a shorter run")
-    parser.add_argument("--node", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.node:
-        return run_node()
 
     def terminate(_signum: int, _frame: Any) -> None:
         raise SystemExit(143)  # unwinds through the finally blocks that kill the child

@@ -27,7 +27,7 @@ def main() -> int:
                 [
                     sys.executable,
                     "-m",
-                    "gobucket.testing.lan_node",
+                    "gobucket.testing.node",
                     "--host",
                     lan.addresses[host],
                     "--port",

@@ -4,7 +4,7 @@ gobucket plugs into pykka through its three documented extension points,
 ``Actor._create_actor_inbox``, ``Actor._create_future`` and
 ``Actor._start_actor_loop`` (see :mod:`gobucket.actors.actor`). What those do
 not cover is gathered here, each with the reason it is needed;
-``tests/test_pykka_contract.py`` fails loudly if a pykka release changes any of it.
+``tests/actors/test_pykka_contract.py`` fails loudly if a pykka release changes any of it.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ even when the body fails. Addresses live only inside the namespaces.
 Example::
 
     with VirtualLan(hosts=3) as lan:
-        proc = lan.popen(0, ["python", "-m", "gobucket.testing.lan_node", ...])
+        proc = lan.popen(0, ["python", "-m", "gobucket.testing.node", ...])
 """
 
 from __future__ import annotations

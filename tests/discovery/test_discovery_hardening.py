@@ -363,7 +363,7 @@ def test_a_peer_dropped_after_a_forged_goodbye_is_found_again_within_10s(
         [
             sys.executable,
             "-m",
-            "gobucket.testing.lan_node",
+            "gobucket.testing.node",
             "--host",
             LOOPBACK,
             "--cluster",

@@ -30,7 +30,7 @@ PORT = 7300
 
 
 class Node:
-    """A lan_node child process and its JSON line protocol."""
+    """A gobucket.testing.node child process and its JSON line protocol."""
 
     def __init__(self, proc: subprocess.Popen[str]) -> None:
         self.proc = proc
@@ -85,7 +85,7 @@ def lan() -> Iterator[tuple[VirtualLan, list[Node]]]:
                 [
                     sys.executable,
                     "-m",
-                    "gobucket.testing.lan_node",
+                    "gobucket.testing.node",
                     "--host",
                     net.addresses[host],
                     "--port",

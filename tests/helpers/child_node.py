@@ -1,8 +1,9 @@
-"""A group node in a child process on loopback (``gobucket.testing.node``)."""
+"""A group node in a child process on loopback: ``python -m gobucket.testing.node``."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import signal
@@ -11,15 +12,22 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+from helpers.cluster import BUCKET, SECRET
 from helpers.waiting import WAIT
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-NODE_SCRIPT = Path(__file__).resolve().parents[1] / "nodes" / "group_node.py"
+
+DEFAULTS = (
+    *("--host", "127.0.0.1", "--bucket", BUCKET, "--secret", SECRET, "--ping", "0.2"),
+    *("--run-after", "200", "--life-span", "300", "--no-discovery"),
+)
+"""Static peers only; tasks it receives are long-lived time bombs (their slot stays taken)."""
 
 
 class ChildNode:
-    """A group node in a child process (``tests/nodes/group_node.py``) on loopback."""
+    """A ``gobucket.testing.node`` child on loopback; ``args`` override :data:`DEFAULTS`."""
 
     def __init__(self, *args: str) -> None:
         env = dict(os.environ)
@@ -27,7 +35,7 @@ class ChildNode:
             [str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])]
         )
         self.proc = subprocess.Popen(
-            [sys.executable, str(NODE_SCRIPT), *args],
+            [sys.executable, "-m", "gobucket.testing.node", *DEFAULTS, *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -43,7 +51,12 @@ class ChildNode:
         ]
         for pump in self.pumps:
             pump.start()
-        self.address = ("127.0.0.1", self._read_port())
+        try:
+            ready = self._read_event("ready", 30.0)
+        except AssertionError:
+            self.kill()
+            raise
+        self.address = ("127.0.0.1", int(ready["address"][1]))
 
     def _pump_out(self) -> None:
         assert self.proc.stdout is not None
@@ -58,41 +71,36 @@ class ChildNode:
             for line in self.proc.stderr:
                 self.stderr.append(line)
 
-    def _read_port(self, timeout: float = 30.0) -> int:
+    def _read_event(self, event: str, timeout: float) -> dict[str, Any]:
+        """The next ``event`` line (others are skipped); fails if it does not come in time."""
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                self.kill()
-                raise AssertionError(f"child node printed no port; stderr: {self.stderr[-20:]}")
-            try:
-                line = self.lines.get(timeout=left)
-            except queue.Empty:
-                continue
-            if line is None:
-                self.kill()
-                raise AssertionError(f"child node exited early; stderr: {self.stderr[-20:]}")
-            if line.startswith("PORT "):
-                return int(line.split()[1])
-
-    def alive_tasks(self, timeout: float = WAIT) -> int:
-        """Ask the child how many tasks its bucket holds."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("LEN\n")
-        self.proc.stdin.flush()
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError("the child node did not answer LEN")
+                raise AssertionError(
+                    f"the child node sent no {event!r}; stderr: {self.stderr[-20:]}"
+                )
             try:
                 line = self.lines.get(timeout=left)
             except queue.Empty:
                 continue
             if line is None:
                 raise AssertionError(f"the child node exited; stderr: {self.stderr[-20:]}")
-            if line.startswith("LEN "):
-                return int(line.split()[1])
+            with contextlib.suppress(ValueError):
+                message: dict[str, Any] = json.loads(line)
+                if message.get("event") == event:
+                    return message
+
+    def send(self, **command: Any) -> None:
+        """Write one command line (``send(cmd="count")``)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+
+    def alive_tasks(self, timeout: float = WAIT) -> int:
+        """Ask the child how many tasks its bucket holds."""
+        self.send(cmd="count")
+        return int(self._read_event("count", timeout)["alive"])
 
     def signal(self, signum: int) -> None:
         if self.proc.poll() is None:
