@@ -515,109 +515,119 @@ def verdict(ok: bool | None, target: str) -> str:
     return "[green]met[/]" if ok else "[red]NOT met[/]"
 
 
+def row(
+    figure: str,
+    gobucket: str,
+    target: str = "-",
+    met: bool | None = None,
+    peer: tuple[str, str, str] = ("-", "-", "-"),
+) -> dict[str, Any]:
+    """One table row; ``peer`` is (the peer, its value, gobucket's advantage)."""
+    name, value, ratio = peer
+    return {
+        "figure": figure,
+        "gobucket": gobucket,
+        "peer": name,
+        "peer_value": value,
+        "ratio": ratio,
+        "target": target,
+        "met": met,
+    }
+
+
+def compare(
+    figure: str,
+    n: Any,
+    gobucket: str,
+    target: str,
+    met: bool | None,
+    *peers: tuple[str, str, str],
+) -> list[dict[str, Any]]:
+    """One row per peer; the first names N and carries the target, the others do not."""
+    first, *rest = peers
+    return [
+        row(f"{figure}, N={n:,}", gobucket, target, met, first),
+        *(row(figure, gobucket, peer=peer) for peer in rest),
+    ]
+
+
 def build_rows(r: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     gi, ga, gn = r["imm_gobucket"], r["imm_apscheduler"], r["imm_naive"]
     tb, tn, ap, dr = r["tb_gobucket"], r["tb_naive"], r["aps_pending"], r["drain_gobucket"]
-    rows: list[dict[str, Any]] = []
+    naive = "naive: ThreadingActor per task"
 
     imm_ok = gi.get("finished") == gi.get("n") and gi.get("left_in_bucket") == 0
     gi_rate = get(gi, "rate") if imm_ok else None
     aps_ratio = div(gi_rate, get(ga, "rate"))
-    rows.append(
-        {
-            "figure": f"1. immediate, full path, N={gi.get('n', '?'):,}",
-            "gobucket": fmt_rate(gi_rate),
-            "peer": f"APScheduler 3 BackgroundScheduler, N={ga.get('n', '?'):,}",
-            "peer_value": fmt_rate(get(ga, "rate")),
-            "ratio": fmt_ratio(aps_ratio),
-            "target": "≥ 50,000/s, ≥ 5x APS",
-            "met": None
-            if gi_rate is None or aps_ratio is None
-            else (gi_rate >= TARGET_IMM_RATE and aps_ratio >= TARGET_IMM_VS_APS),
-        }
-    )
-    rows.append(
-        {
-            "figure": "1. immediate, full path",
-            "gobucket": fmt_rate(gi_rate),
-            "peer": f"naive: ThreadingActor per task, N={gn.get('n', '?'):,}",
-            "peer_value": fmt_rate(get(gn, "rate")),
-            "ratio": fmt_ratio(div(gi_rate, get(gn, "rate"))),
-            "target": "-",
-            "met": None,
-        }
+    rows = compare(
+        "1. immediate, full path",
+        gi.get("n", "?"),
+        fmt_rate(gi_rate),
+        "≥ 50,000/s, ≥ 5x APS",
+        None
+        if gi_rate is None or aps_ratio is None
+        else (gi_rate >= TARGET_IMM_RATE and aps_ratio >= TARGET_IMM_VS_APS),
+        (
+            f"APScheduler 3 BackgroundScheduler, N={ga.get('n', '?'):,}",
+            fmt_rate(get(ga, "rate")),
+            fmt_ratio(aps_ratio),
+        ),
+        (
+            f"{naive}, N={gn.get('n', '?'):,}",
+            fmt_rate(get(gn, "rate")),
+            fmt_ratio(div(gi_rate, get(gn, "rate"))),
+        ),
     )
     tb_rss = get(tb, "rss_per_task")
-    rows.append(
-        {
-            "figure": f"2. RSS per pending time bomb, N={tb.get('n', '?'):,}",
-            "gobucket": fmt_bytes(tb_rss),
-            "peer": f"naive: ThreadingActor per task, N={tn.get('n', '?'):,}",
-            "peer_value": fmt_bytes(get(tn, "rss_per_task")),
-            "ratio": fmt_ratio(div(get(tn, "rss_per_task"), tb_rss)),
-            "target": "≤ 2 KB",
-            "met": None if tb_rss is None else tb_rss <= TARGET_RSS_PER_TASK,
-        }
-    )
-    rows.append(
-        {
-            "figure": "2. RSS per pending time bomb",
-            "gobucket": fmt_bytes(tb_rss),
-            "peer": f"APScheduler 3 date job 60 s out, N={ap.get('n', '?'):,}",
-            "peer_value": fmt_bytes(get(ap, "rss_per_job")),
-            "ratio": fmt_ratio(div(get(ap, "rss_per_job"), tb_rss)),
-            "target": "-",
-            "met": None,
-        }
+    rows += compare(
+        "2. RSS per pending time bomb",
+        tb.get("n", "?"),
+        fmt_bytes(tb_rss),
+        "≤ 2 KB",
+        None if tb_rss is None else tb_rss <= TARGET_RSS_PER_TASK,
+        (
+            f"{naive}, N={tn.get('n', '?'):,}",
+            fmt_bytes(get(tn, "rss_per_task")),
+            fmt_ratio(div(get(tn, "rss_per_task"), tb_rss)),
+        ),
+        (
+            f"APScheduler 3 date job 60 s out, N={ap.get('n', '?'):,}",
+            fmt_bytes(get(ap, "rss_per_job")),
+            fmt_ratio(div(get(ap, "rss_per_job"), tb_rss)),
+        ),
     )
     lost = tb.get("lost")
     rows.append(
-        {
-            "figure": "2. time bombs fired / lost",
-            "gobucket": f"{tb.get('executed', '?'):,} / {lost if lost is not None else '?'}",
-            "peer": "-",
-            "peer_value": "-",
-            "ratio": "-",
-            "target": "0 lost",
-            "met": None if lost is None else (lost == 0 and tb.get("finished") == tb.get("n")),
-        }
+        row(
+            "2. time bombs fired / lost",
+            f"{tb.get('executed', '?'):,} / {lost if lost is not None else '?'}",
+            "0 lost",
+            None if lost is None else (lost == 0 and tb.get("finished") == tb.get("n")),
+        )
     )
     p99 = get(tb, "late_p99_ms")
     p50, pmax = get(tb, "late_p50_ms"), get(tb, "late_max_ms")
-    rows.append(
-        {
-            "figure": "2. lateness p50 / p99 / max",
-            "gobucket": "n/a" if p99 is None else f"{p50:.2f} / {p99:.2f} / {pmax:.2f} ms",
-            "peer": "-",
-            "peer_value": "-",
-            "ratio": "-",
-            "target": "p99 ≤ 20 ms",
-            "met": None if p99 is None else p99 <= TARGET_P99_MS,
-        }
-    )
+    lateness = "n/a" if p99 is None else f"{p50:.2f} / {p99:.2f} / {pmax:.2f} ms"
+    met = None if p99 is None else p99 <= TARGET_P99_MS
+    rows.append(row("2. lateness p50 / p99 / max", lateness, "p99 ≤ 20 ms", met))
     drain_ok = dr.get("drain_errors") == 0 and dr.get("alive_after_drain") == 0
     d_rate = get(dr, "rate") if drain_ok else None
-    rows.append(
-        {
-            "figure": f"3. drain pending time bombs, N={dr.get('n', '?'):,}",
-            "gobucket": fmt_rate(d_rate),
-            "peer": f"APScheduler 3 remove_job, N={ap.get('removed', '?'):,}",
-            "peer_value": fmt_rate(get(ap, "remove_rate")),
-            "ratio": fmt_ratio(div(d_rate, get(ap, "remove_rate"))),
-            "target": "≥ 100,000/s",
-            "met": None if d_rate is None else d_rate >= TARGET_DRAIN_RATE,
-        }
-    )
-    rows.append(
-        {
-            "figure": "3. drain pending time bombs",
-            "gobucket": fmt_rate(d_rate),
-            "peer": f"naive: ThreadingActor per task, N={tn.get('n', '?'):,}",
-            "peer_value": fmt_rate(get(tn, "drain_rate")),
-            "ratio": fmt_ratio(div(d_rate, get(tn, "drain_rate"))),
-            "target": "-",
-            "met": None,
-        }
+    rows += compare(
+        "3. drain pending time bombs",
+        dr.get("n", "?"),
+        fmt_rate(d_rate),
+        "≥ 100,000/s",
+        None if d_rate is None else d_rate >= TARGET_DRAIN_RATE,
+        (
+            f"APScheduler 3 remove_job, N={ap.get('removed', '?'):,}",
+            fmt_rate(get(ap, "remove_rate")),
+            fmt_ratio(div(d_rate, get(ap, "remove_rate"))),
+        ),
+        (
+            f"{naive}, N={tn.get('n', '?'):,}",
+            fmt_rate(get(tn, "drain_rate")),
+            fmt_ratio(div(d_rate, get(tn, "drain_rate"))),
+        ),
     )
     return rows
 

@@ -139,16 +139,9 @@ class LocalObserver:
         self.group.start()
 
     def peers(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "address": list(p.address),
-                "node": p.node,
-                "up": p.up,
-                "source": p.source,
-                "loads": {k: list(v) for k, v in p.loads.items()},
-            }
-            for p in self.group.peers()
-        ]
+        from gobucket.testing.node import peer_rows
+
+        return peer_rows(self.group)
 
     def fill_one(self, task_id: str) -> str | None:
         from gobucket import TaskType

@@ -45,7 +45,7 @@ from typing import Any
 from gobucket import BucketConfig, Executor, TaskBucket, TaskBucketGroup, TaskType
 from gobucket.discovery.mdns import MdnsDiscovery
 
-__all__ = ["main", "parse_args"]
+__all__ = ["main", "parse_args", "peer_rows"]
 
 
 def _emit(event: dict[str, Any]) -> None:
@@ -83,6 +83,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def peer_rows(group: TaskBucketGroup) -> list[dict[str, Any]]:
+    """``group``'s peer table as JSON-ready dicts (what the ``peers`` command answers)."""
+    return [
+        {
+            "address": list(p.address),
+            "node": p.node,
+            "up": p.up,
+            "source": p.source,
+            "loads": {k: list(v) for k, v in p.loads.items()},
+        }
+        for p in group.peers()
+    ]
+
+
 class _Node:
     """The bucket, its group, and the answers to commands."""
 
@@ -115,17 +129,7 @@ class _Node:
             self.failures.append({"peer": peer, "id": task_id, "error": repr(error)})
 
     def peers(self) -> dict[str, Any]:
-        peers = [
-            {
-                "address": list(p.address),
-                "node": p.node,
-                "up": p.up,
-                "source": p.source,
-                "loads": {k: list(v) for k, v in p.loads.items()},
-            }
-            for p in self.group.peers()
-        ]
-        return {"event": "peers", "peers": peers}
+        return {"event": "peers", "peers": peer_rows(self.group)}
 
     def fill(self, command: dict[str, Any]) -> dict[str, Any]:
         placed: dict[str, int] = {}

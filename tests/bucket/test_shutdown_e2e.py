@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from helpers import shutdown_child
-from helpers.child_process import ChildProcess
+from helpers.child_process import ChildProcess, spawner
 from helpers.redis_server import start_redis, stop_redis
 from helpers.shutdown_child import BOMB_LIFE, BOMB_WAIT, NAME, bomb_data
 
@@ -72,16 +72,8 @@ class Child(ChildProcess):
 
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Callable[[list[str]], Child]]:
-    children: list[Child] = []
-
-    def start(args: list[str]) -> Child:
-        child = Child(args, tmp_path / f"child-{len(children)}.stderr")
-        children.append(child)
-        return child
-
-    yield start
-    for child in children:
-        child.kill()
+    with spawner(Child, tmp_path) as start:
+        yield start
 
 
 @pytest.fixture
@@ -320,8 +312,7 @@ def test_sigterm_rescues_tasks_stuck_in_on_execute_and_exhaustion_is_on_time(
     line = child.wait_for(lambda line: line.startswith("exhausted"))
     child.wait_for(lambda line: line == "ready")
     _, exhausted, _, late_max, _, alive = line.split()
-    child.signal(signal.SIGTERM)
-    code = child.finish(SIGNAL_TIMEOUT + EXIT_MARGIN)
+    code = sigterm_and_finish(child)
     stored = [t.task_id for t in JsonlRescueSink(path).read()]
     in_fallback = [t.task_id for t in JsonlRescueSink(fallback).read()]
     ends = lines_of(out / "ends")
@@ -380,6 +371,27 @@ def pending_child(
     return child, out, fallback
 
 
+def sigterm_and_finish(child: Child) -> int:
+    """SIGTERM ``child``; its exit code (it must end within the rescue bound and a margin)."""
+    child.signal(signal.SIGTERM)
+    return child.finish(SIGNAL_TIMEOUT + EXIT_MARGIN)
+
+
+def read_fallback(fallback: Path) -> tuple[JsonlRescueSink, list[Any], list[str]]:
+    """The fallback file as a sink, the tasks it holds and their ids."""
+    sink = JsonlRescueSink(fallback)
+    tasks = sink.read()
+    return sink, tasks, [t.task_id for t in tasks]
+
+
+def assert_bounded_exit(child: Child, code: int, counts: dict[str, Any]) -> None:
+    """The SIGTERM exit code, within the rescue bound (plus a margin)."""
+    assert code == SIGTERM_EXIT, f"exit {code}; {counts}; stderr:\n{child.stderr()}"
+    assert (child.exit_seconds or 0) < SIGNAL_TIMEOUT + EXIT_MARGIN, (
+        f"the rescue was bounded by {SIGNAL_TIMEOUT}s; {counts}; stderr:\n{child.stderr()}"
+    )
+
+
 def check_stored_bombs(tasks: list[Any]) -> None:
     for task in tasks:
         i = int(task.task_id.split("-")[1])
@@ -398,12 +410,9 @@ def test_redis_frozen_or_killed_before_sigterm_everything_goes_to_the_fallback(
     proc, url = redis_proc
     child, out, fallback = pending_child(spawn, tmp_path, url)
     freeze_or_kill(proc, how)  # Redis is frozen (or dead) before the rescue starts
-    child.signal(signal.SIGTERM)
-    code = child.finish(SIGNAL_TIMEOUT + EXIT_MARGIN)
+    code = sigterm_and_finish(child)
     rescue = child.rescue_counts()
-    fallback_sink = JsonlRescueSink(fallback)
-    in_fallback = fallback_sink.read()
-    fallback_ids = [t.task_id for t in in_fallback]
+    fallback_sink, in_fallback, fallback_ids = read_fallback(fallback)
     panicked = [rest for _, rest in lines_of(out / "panics")]
     expected = {f"bomb-{i}" for i in range(PENDING)}
     counts: dict[str, Any] = {
@@ -426,10 +435,7 @@ def test_redis_frozen_or_killed_before_sigterm_everything_goes_to_the_fallback(
             redis_sink = RedisRescueSink(url, "e2e:frozen")
             sinks.append(redis_sink)
         print(f"\n[redis {how} before SIGTERM] {counts}")
-        assert code == SIGTERM_EXIT, f"exit {code}; {counts}; stderr:\n{child.stderr()}"
-        assert (child.exit_seconds or 0) < SIGNAL_TIMEOUT + EXIT_MARGIN, (
-            f"the rescue was bounded by {SIGNAL_TIMEOUT}s; {counts}; stderr:\n{child.stderr()}"
-        )
+        assert_bounded_exit(child, code, counts)
         assert rescue == {
             "rescued": PENDING,
             "sink": 0,
@@ -463,12 +469,9 @@ def test_redis_stopped_in_the_middle_of_the_rescue_splits_records_without_overla
     child, out, fallback = pending_child(
         spawn, tmp_path, url, "--stop-pid", str(proc.pid), "--stop-signal", how
     )
-    child.signal(signal.SIGTERM)  # the child's sink stops Redis before its second write
-    code = child.finish(SIGNAL_TIMEOUT + EXIT_MARGIN)
+    code = sigterm_and_finish(child)  # the child's sink stops Redis before its second write
     rescue = child.rescue_counts()
-    fallback_sink = JsonlRescueSink(fallback)
-    in_fallback = fallback_sink.read()
-    fallback_ids = [t.task_id for t in in_fallback]
+    fallback_sink, in_fallback, fallback_ids = read_fallback(fallback)
     first_write = (
         (out / "first-write").read_text().split() if (out / "first-write").exists() else []
     )
@@ -499,10 +502,7 @@ def test_redis_stopped_in_the_middle_of_the_rescue_splits_records_without_overla
             assert proc.poll() is not None, "redis-server should be dead"
             in_redis = first_write  # stored before the kill; gone with the server
         print(f"\n[redis {how} mid-rescue] {counts}")
-        assert code == SIGTERM_EXIT, f"exit {code}; {counts}; stderr:\n{child.stderr()}"
-        assert (child.exit_seconds or 0) < SIGNAL_TIMEOUT + EXIT_MARGIN, (
-            f"the rescue was bounded by {SIGNAL_TIMEOUT}s; {counts}; stderr:\n{child.stderr()}"
-        )
+        assert_bounded_exit(child, code, counts)
         # The first chunk landed in Redis, the rest in the fallback; none in both.
         assert len(first_write) == CHUNK, counts
         assert rescue == {

@@ -26,23 +26,26 @@ DEFAULTS = (
 """Static peers only; tasks it receives are long-lived time bombs (their slot stays taken)."""
 
 
+def python_child(*argv: str) -> subprocess.Popen[str]:
+    """``python *argv`` from the repository root (which it can import), stdio piped as text."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    return subprocess.Popen(
+        [sys.executable, *argv],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=str(REPO_ROOT),
+        env=env,
+    )
+
+
 class ChildNode:
     """A ``gobucket.testing.node`` child on loopback; ``args`` override :data:`DEFAULTS`."""
 
     def __init__(self, *args: str) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])]
-        )
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gobucket.testing.node", *DEFAULTS, *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=str(REPO_ROOT),
-            env=env,
-        )
+        self.proc = python_child("-m", "gobucket.testing.node", *DEFAULTS, *args)
         self.lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self.stderr: list[str] = []
         self.pumps = [

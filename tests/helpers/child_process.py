@@ -5,16 +5,21 @@ Shared by the end-to-end recovery and shutdown tests.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 WAIT = 60.0  # generous: a loaded 2-core machine
+
+C = TypeVar("C", bound="ChildProcess")
 
 
 class ChildProcess:
@@ -96,3 +101,17 @@ class ChildProcess:
         if not self._log.closed:
             self._log.flush()
         return self.log.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def spawner(make: Callable[[list[str], Path], C], logs: Path) -> Iterator[Callable[[list[str]], C]]:
+    """``start(args)`` makes a child with ``make(args, stderr log)``; all are killed at the end."""
+    numbers = itertools.count()
+    with contextlib.ExitStack() as started:
+
+        def start(args: list[str]) -> C:
+            child = make(args, logs / f"child-{next(numbers)}.stderr")
+            started.callback(child.kill)
+            return child
+
+        yield start

@@ -80,11 +80,11 @@ def make_sink(args: argparse.Namespace) -> Any:
     return RedisRescueSink(args.redis, args.key)
 
 
-def fill(args: argparse.Namespace) -> None:
+def ready_bucket(args: argparse.Namespace, **config: Any) -> TaskBucket:
+    """A bucket with the sink and the signal handlers, ``args.count`` time bombs filled;
+    says ``ready``."""
     bucket = TaskBucket(
-        BucketConfig(
-            life_span=LIFE_SPAN, run_after=RUN_AFTER, max_bucket=1_000_000, name=args.name
-        ),
+        BucketConfig(life_span=LIFE_SPAN, run_after=RUN_AFTER, name=args.name, **config),
         PanicCounter(),
         rescue_sink=make_sink(args),
     )
@@ -92,6 +92,11 @@ def fill(args: argparse.Namespace) -> None:
     for i in range(args.count):
         bucket.fill(TaskType.TIME_BOMB, f"bomb-{i}", task_data(i))
     say("ready")
+    return bucket
+
+
+def fill(args: argparse.Namespace) -> None:
+    bucket = ready_bucket(args, max_bucket=1_000_000)
     if args.mid_load:
         for j in range(MAX_EXTRA):
             bucket.fill(TaskType.TIME_BOMB, f"more-{j}", task_data(j))
@@ -106,15 +111,7 @@ def signal_in_fill(args: argparse.Namespace) -> None:
 
     from gobucket.actors import runtime
 
-    bucket = TaskBucket(
-        BucketConfig(life_span=LIFE_SPAN, run_after=RUN_AFTER, name=args.name),
-        PanicCounter(),
-        rescue_sink=make_sink(args),
-    )
-    install_signal_handlers(bucket)
-    for i in range(args.count):
-        bucket.fill(TaskType.TIME_BOMB, f"bomb-{i}", task_data(i))
-    say("ready")
+    bucket = ready_bucket(args)
     target = runtime.Mailbox.call.__code__
     fired = False
 

@@ -89,6 +89,14 @@ def bomb_data(i: int) -> dict[str, Any]:
     return {"i": i, "blob": bytes([i % 256]) * 3, "tags": ["x", i, None]}
 
 
+def fill_bombs(bucket: TaskBucket, count: int) -> None:
+    """Fill ``count`` pending time bombs ``bomb-<i>`` (data ``bomb_data(i)``)."""
+    for i in range(count):
+        bucket.fill(
+            TaskType.TIME_BOMB, f"bomb-{i}", bomb_data(i), run_after=BOMB_WAIT, life_span=BOMB_LIFE
+        )
+
+
 class _StopRedisOnSecondWrite:
     """Delegates to a sink; its second ``write()`` first stops (or kills) a process."""
 
@@ -318,14 +326,7 @@ def stuck(args: argparse.Namespace) -> None:
         with executor.exhausted:
             executor.filled_at[tid] = time.monotonic()
         bucket.fill(TaskType.IMMEDIATE, tid, {"i": i}, life_span=args.short_life)
-    for i in range(args.count):
-        bucket.fill(
-            TaskType.TIME_BOMB,
-            f"bomb-{i}",
-            bomb_data(i),
-            run_after=BOMB_WAIT,
-            life_span=BOMB_LIFE,
-        )
+    fill_bombs(bucket, args.count)
     with executor.exhausted:
         executor.exhausted.wait_for(
             lambda: len(executor.late) == args.exhaust, timeout=args.short_life + 30.0
@@ -350,14 +351,7 @@ def pending(args: argparse.Namespace) -> None:
     bucket = make_bucket(args, PanicLog(args.out))
     install_signal_handlers(bucket)
     started = time.monotonic()
-    for i in range(args.count):
-        bucket.fill(
-            TaskType.TIME_BOMB,
-            f"bomb-{i}",
-            bomb_data(i),
-            run_after=BOMB_WAIT,
-            life_span=BOMB_LIFE,
-        )
+    fill_bombs(bucket, args.count)
     if args.redis:
         # Use the connection once, as a real process would have: the rescue's first
         # command then goes out on it at once, even to a frozen server.

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from helpers import rescue_child
-from helpers.child_process import ChildProcess
+from helpers.child_process import ChildProcess, spawner
 from helpers.rescue_child import LIFE_SPAN, RUN_AFTER, task_data
 
 from gobucket import BucketConfig, Executor, JsonlRescueSink, RedisRescueSink, TaskBucket, TaskType
@@ -37,16 +37,8 @@ class Child(ChildProcess):
 
 @pytest.fixture
 def spawn(tmp_path) -> Iterator[Callable[[list[str]], Child]]:
-    children: list[Child] = []
-
-    def start(args: list[str]) -> Child:
-        child = Child(args, tmp_path / f"child-{len(children)}.stderr")
-        children.append(child)
-        return child
-
-    yield start
-    for child in children:
-        child.kill()
+    with spawner(Child, tmp_path) as start:
+        yield start
 
 
 def sink_args(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> tuple[list[str], Any]:

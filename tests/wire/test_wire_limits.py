@@ -17,7 +17,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -26,7 +25,7 @@ from typing import Any
 
 import psutil
 import pytest
-from helpers.child_node import REPO_ROOT, ChildNode
+from helpers.child_node import ChildNode, python_child
 from helpers.cluster import BUCKET, HOLD, Cluster, free_port, hold, peer_info, wait_peer_up
 from helpers.waiting import WAIT, outcome, wait_until
 
@@ -93,19 +92,7 @@ class ScriptNode:
     """A Python child process running ``code``: stdout lines as replies, stderr as its log."""
 
     def __init__(self, code: str, *args: str) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])]
-        )
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=str(REPO_ROOT),
-            env=env,
-        )
+        self.proc = python_child("-c", code, *args)
         self.lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self.log: list[tuple[float, str]] = []  # (monotonic time, stderr line)
         self._lock = threading.Lock()
