@@ -25,7 +25,6 @@ import pykka
 from gobucket._threads import tell_quietly
 from gobucket.actors.actor import RuntimeActor, call
 from gobucket.actors.messages import ChildFailed
-from gobucket.actors.remote import NotSentError, PeerLostError, RemoteGroupRef
 from gobucket.config import TaskType
 from gobucket.discovery.base import PeerDown, PeerEvent, PeerUp
 from gobucket.errors import (
@@ -37,6 +36,7 @@ from gobucket.errors import (
     PeerLostTaskError,
 )
 from gobucket.wire.frames import FrameDecoder, FrameError
+from gobucket.wire.peer import NotSentError, Peer, PeerLostError
 from gobucket.wire.protocol import RefusalCode
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ class PeerInfo:
 class _Peer:
     address: tuple[str, int]
     source: str
-    ref: RemoteGroupRef
+    ref: Peer
     node: str | None = None
     up: bool = False
     loads: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -479,7 +479,7 @@ class GroupActor(RuntimeActor):
                 def events(kind: str, payload: Any) -> None:
                     tell_quietly(me, PeerChanged(address, kind, payload))
 
-                ref = RemoteGroupRef(self.network, address, events, self.ping_interval)
+                ref = Peer(self.network, address, events, self.ping_interval)
                 peer = _Peer(address, event.source, ref, node=event.node, buckets=event.buckets)
                 self.peers[address] = peer
                 ref.start()
