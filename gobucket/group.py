@@ -46,6 +46,7 @@ from gobucket.errors import (
 )
 from gobucket.recovery.collect import RescueReport
 from gobucket.recovery.record import RescuedTask
+from gobucket.wire import protocol
 from gobucket.wire.connection import Identity, PeerHello
 from gobucket.wire.frames import DEFAULT_MAX_FRAME, pack
 from gobucket.wire.node import NetworkNode
@@ -373,11 +374,11 @@ class TaskBucketGroup:
                 if not isinstance(record, RescuedTask):
                     continue  # running or ending: it finishes here
                 wait = record.remaining_wait
-                wire = fill_frame(
+                wire = protocol.fill(
                     name,
                     record.task_id,
                     pack(record.data),
-                    TaskType.TIME_BOMB if wait > 0 else TaskType.IMMEDIATE,
+                    (TaskType.TIME_BOMB if wait > 0 else TaskType.IMMEDIATE).value,
                     wait,
                     max(record.remaining_life, wait + 0.001),
                 )
@@ -495,8 +496,8 @@ class TaskBucketGroup:
                 pass  # full, or shutting down: a peer may take it
         if self._ref is None:
             raise GoBucketError("start() the group before filling it")
-        wire = fill_frame(
-            bucket, id, packed, message.task_type, message.run_after, message.life_span
+        wire = protocol.fill(
+            bucket, id, packed, message.task_type.value, message.run_after, message.life_span
         )
         why = "is closed" if local.closed else "is full"
         if self._failure is not None:
@@ -569,26 +570,6 @@ class TaskBucketGroup:
     def allow_address(self, host: str) -> None:
         """Add a host to the allow list (used by discovery for same-cluster nodes)."""
         self._allowed.update(_resolve(host))
-
-
-def fill_frame(
-    bucket: str,
-    task_id: str,
-    packed_data: bytes,
-    task_type: TaskType,
-    run_after: float,
-    life_span: float,
-) -> dict[str, Any]:
-    """The FILL message asking a peer to take a task (``rid`` is added when sent)."""
-    return {
-        "t": "fill",
-        "bucket": bucket,
-        "id": task_id,
-        "data": packed_data,
-        "type": task_type.value,
-        "run_after": run_after,
-        "life_span": life_span,
-    }
 
 
 def _strip_v4_mapped(host: str) -> str:

@@ -42,7 +42,7 @@ from group_helpers import (
 )
 
 from gobucket import NoPeerAvailableError, Placement, TaskBucketGroup
-from gobucket.actors import remote
+from gobucket.wire import peer
 from gobucket.wire.node import MAX_UNAUTHENTICATED, SILENCE_PINGS
 
 MiB = 1 << 20
@@ -481,7 +481,7 @@ def test_an_inbound_connection_that_goes_silent_is_closed_after_a_few_ping_inter
 def test_fills_beyond_the_in_flight_limit_are_not_sent(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(remote, "MAX_IN_FLIGHT_PER_PEER", 2)
+    monkeypatch.setattr(peer, "MAX_IN_FLIGHT_PER_PEER", 2)
     node = ChildNode("--max", "100")
     try:
         # Pings once a minute: the stopped peer is not marked down during the test.

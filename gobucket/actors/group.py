@@ -37,7 +37,7 @@ from gobucket.errors import (
 )
 from gobucket.wire.frames import FrameDecoder, FrameError
 from gobucket.wire.peer import NotSentError, Peer, PeerLostError
-from gobucket.wire.protocol import RefusalCode
+from gobucket.wire.protocol import Ack, RefusalCode
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -342,19 +342,19 @@ class GroupActor(RuntimeActor):
             return
         reply = msg.reply
         peer = self.peers.get(msg.address)
-        accepted = isinstance(reply, dict) and bool(reply.get("ok"))
+        accepted = isinstance(reply, Ack) and reply.ok
         if peer is not None and not accepted and not isinstance(reply, PeerLostError):
             # It did not take the task: stop counting it against the peer's room.
             sent = peer.sent_since_report.get(route.bucket, 0)
             if sent > 0:
                 peer.sent_since_report[route.bucket] = sent - 1
-        if isinstance(reply, dict):
-            if reply.get("ok"):
+        if isinstance(reply, Ack):
+            if reply.ok:
                 node = peer.node if peer and peer.node else f"{msg.address[0]}:{msg.address[1]}"
                 route.reply.set(Placement(False, node, route.bucket, route.task_id, msg.address))
                 return
-            code = reply.get("code")
-            text = f"peer {msg.address[0]}:{msg.address[1]} refused: {code}: {reply.get('msg')}"
+            code = reply.code
+            text = f"peer {msg.address[0]}:{msg.address[1]} refused: {code}: {reply.text}"
             if code == RefusalCode.DUPLICATE:
                 self._finish(
                     msg.route,

@@ -20,9 +20,10 @@ from typing import Any, Protocol
 
 from gobucket._ratelimit import RateLimitedLog
 from gobucket._threads import mark_runtime_thread
+from gobucket.wire import protocol
 from gobucket.wire.connection import SERVER, Connection, Identity, PeerHello, handshake
 from gobucket.wire.frames import DEFAULT_MAX_FRAME, FrameError
-from gobucket.wire.protocol import MessageType, ProtocolError
+from gobucket.wire.protocol import ProtocolError
 
 __all__ = [
     "MAX_UNAUTHENTICATED",
@@ -443,21 +444,19 @@ class NetworkNode:
                 return
             if record is not None:
                 record.messages += 1
-            kind = message["t"]
+            request = protocol.parse(message)
             conn.cork()  # replies to a batch of pipelined requests go out together
-            if kind == MessageType.FILL:
+            if type(request) is protocol.Fill:
                 ok, code, text = handler.serve_fill(peer, message)
-                reply: dict[str, Any] = {"t": "ack", "rid": message["rid"], "ok": ok}
-                if not ok:
-                    reply["code"] = code
-                    reply["msg"] = text
-                conn.send(reply)
-            elif kind == MessageType.PING:
-                conn.send({"t": "pong", "seq": message["seq"], "loads": handler.loads()})
-            elif kind == MessageType.ERROR:
-                logger.info("peer %s closed: %s", peer.node, message.get("msg"))
+                rid = request.rid
+                conn.send(protocol.ack(rid) if ok else protocol.refusal(rid, code, text))
+            elif type(request) is protocol.Ping:
+                conn.send(protocol.pong(request.seq, handler.loads()))
+            elif type(request) is protocol.Error:
+                logger.info("peer %s closed: %s", peer.node, request.text)
                 return
             else:
+                kind = message["t"]
                 conn.fail("unexpected", f"{kind!r} is not expected from a client")
                 return
             if not conn._ready:

@@ -18,6 +18,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from gobucket.wire import protocol
 from gobucket.wire.connection import CLIENT, Connection, PeerHello, handshake
 from gobucket.wire.frames import FrameError
 from gobucket.wire.protocol import MessageType, ProtocolError
@@ -37,7 +38,7 @@ than the room the peer last reported (see ``docs/group.md``, *Limits*)."""
 CONNECT_TIMEOUT = 3.0
 """Seconds a TCP connect to a peer may take."""
 
-Reply = dict[str, Any] | BaseException
+Reply = protocol.Ack | BaseException
 ReplyCallback = Callable[[Reply], None]
 
 
@@ -238,18 +239,19 @@ class Peer:
                 return f"bad frame: {error}"
             except (ConnectionError, OSError) as error:
                 return str(error) or "connection closed"
-            kind = message["t"]
-            if kind == MessageType.ACK:
-                callback = self._pending.pop(message["rid"], None)
+            reply = protocol.parse(message)
+            if type(reply) is protocol.Ack:
+                callback = self._pending.pop(reply.rid, None)
                 if callback is not None:
-                    callback(message)
-            elif kind == MessageType.PONG:
+                    callback(reply)
+            elif type(reply) is protocol.Pong:
                 self._missed = 0
-                self._pending.pop(message["seq"], None)
-                self.events("load", message["loads"])
-            elif kind == MessageType.ERROR:
-                return f"peer error: {message.get('code')}: {message.get('msg')}"
+                self._pending.pop(reply.seq, None)
+                self.events("load", reply.loads)
+            elif type(reply) is protocol.Error:
+                return f"peer error: {reply.code}: {reply.text}"
             else:
+                kind = message["t"]
                 conn.fail("unexpected", f"{kind!r} is not expected from a server")
                 return f"unexpected {kind!r}"
 
@@ -262,7 +264,7 @@ class Peer:
                 conn.close()
                 return
             self._missed += 1
-            self._send_request({"t": "ping"}, _ignore)
+            self._send_request(protocol.ping(), _ignore)
             try:
                 await conn.flush()
             except (ConnectionError, OSError):
