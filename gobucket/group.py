@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-import socket
 import threading
 import time
 import uuid
@@ -20,14 +19,12 @@ from gobucket.actors._future import done_future
 from gobucket.actors.actor import call
 from gobucket.actors.group import (
     Discovered,
-    GetLoads,
     GetPeers,
     GroupActor,
     PeerInfo,
     Placement,
     RouteFill,
     ScheduleFailed,
-    ServeFill,
     StopGroup,
 )
 from gobucket.actors.messages import Supervise, Unsupervise
@@ -46,8 +43,9 @@ from gobucket.errors import (
 )
 from gobucket.recovery.collect import RescueReport
 from gobucket.recovery.record import RescuedTask
+from gobucket.serve import BucketServer
 from gobucket.wire import protocol
-from gobucket.wire.connection import Identity, PeerHello
+from gobucket.wire.connection import Identity
 from gobucket.wire.frames import DEFAULT_MAX_FRAME, pack
 from gobucket.wire.node import NetworkNode
 
@@ -180,14 +178,15 @@ class TaskBucketGroup:
                     cluster, self.node_id, lambda: self.address[1], tuple(buckets), interfaces
                 )
             )
-        self._allowed: set[str] = set()
-        for address in static.addresses:
-            self._allowed.update(_resolve(address[0]))
         self.on_peer_schedule_failed: ScheduleFailed | None = None
+        # What this node answers its peers (fills, loads, the no-secret allow list).
+        self._server = BucketServer(
+            self._buckets, max_frame, (address[0] for address in static.addresses)
+        )
         self._network = NetworkNode(
             self._identity,
             self._secret,
-            self,
+            self._server,
             host,
             port,
             max_frame,
@@ -237,7 +236,6 @@ class TaskBucketGroup:
         return GroupActor.start_on(
             self._runtime,
             self.node_id,
-            self._buckets,
             self._network,
             self.ping_interval,
             lambda: self.on_peer_schedule_failed,
@@ -478,9 +476,7 @@ class TaskBucketGroup:
         Argument errors and local refusals other than "full" are raised at once.
         """
         local = self.get_bucket(bucket)
-        message = local._validate_fill(
-            task_type, id, data, run_after=run_after, life_span=life_span
-        )
+        message = m.FillTask(*local._make_fill(task_type, id, data, run_after, life_span))
         try:
             packed = pack(data)
         except (TypeError, ValueError, OverflowError) as error:
@@ -535,7 +531,7 @@ class TaskBucketGroup:
             # may connect. An mDNS announcement proves nothing (anyone can send one),
             # so it counts only with insecure=True. A loopback address announced on a
             # LAN is meaningless: only trusted when this node runs discovery on loopback.
-            self._allowed.add(event.address[0])
+            self._server.admit(event.address[0])
         if isinstance(event, PeerUp):
             self._known[event.address] = event
         elif self._known.get(event.address) is not None and (
@@ -547,39 +543,7 @@ class TaskBucketGroup:
                 self._ref.tell(Discovered(event))
 
     def loads(self) -> dict[str, list[int]]:
-        """Each local bucket's ``[alive, max]`` (what PONG reports)."""
+        """Each local bucket's ``[alive, max]`` (what PONG reports; empty before :meth:`start`)."""
         if self._ref is None:
             return {}
-        loads: dict[str, list[int]] = call(self._ref, GetLoads())
-        return loads
-
-    def serve_fill(self, peer: PeerHello, message: dict[str, Any]) -> tuple[bool, str, str]:
-        """Fill a task a peer sent (called on the network loop)."""
-        if self._ref is None:
-            return False, "closed", "not started"
-        try:
-            result: tuple[bool, str, str] = call(self._ref, ServeFill(peer.node, message))
-        except pykka.ActorDeadError:
-            return False, "closed", "group stopped"
-        return result
-
-    def allow(self, host: str) -> bool:
-        """Without a secret, only addresses on the peer list may connect."""
-        return host in self._allowed or _strip_v4_mapped(host) in self._allowed
-
-    def allow_address(self, host: str) -> None:
-        """Add a host to the allow list (used by discovery for same-cluster nodes)."""
-        self._allowed.update(_resolve(host))
-
-
-def _strip_v4_mapped(host: str) -> str:
-    return host[7:] if host.startswith("::ffff:") else host
-
-
-def _resolve(host: str) -> set[str]:
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        logger.warning("cannot resolve peer host %r", host)
-        return {host}
-    return {str(info[4][0]) for info in infos} | {host}
+        return self._server.loads()

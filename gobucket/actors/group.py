@@ -1,4 +1,4 @@
-"""GroupActor: a node's local buckets, its peer table, and overflow routing.
+"""GroupActor: a node's peer table and overflow routing (serving peers is gobucket.serve).
 
 Local first (the facade tries the local bucket), then the peer with the most
 free room for that bucket by its latest load report minus what this node sent
@@ -23,26 +23,22 @@ from typing import TYPE_CHECKING, Any
 import pykka
 
 from gobucket._threads import tell_quietly
-from gobucket.actors.actor import RuntimeActor, call
+from gobucket.actors.actor import RuntimeActor
 from gobucket.actors.messages import ChildFailed
-from gobucket.config import TaskType
 from gobucket.discovery.base import PeerDown, PeerEvent, PeerUp
 from gobucket.errors import (
-    BucketClosedError,
     BucketFullError,
     DuplicateTaskError,
     InvalidArgumentError,
     NoPeerAvailableError,
     PeerLostTaskError,
 )
-from gobucket.wire.frames import FrameDecoder, FrameError
 from gobucket.wire.peer import NotSentError, Peer, PeerLostError
 from gobucket.wire.protocol import Ack, RefusalCode
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from gobucket.bucket import TaskBucket
     from gobucket.wire.connection import PeerHello
     from gobucket.wire.node import NetworkNode
 
@@ -189,23 +185,8 @@ class DiscoveredCheck:
 
 
 @dataclass(frozen=True, slots=True)
-class ServeFill:
-    """A peer asks this node to fill a task; answered (accepted, code, text)."""
-
-    peer: str
-    message: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
 class GetPeers:
     """Snapshot the peer table."""
-
-    reentrant = True
-
-
-@dataclass(frozen=True, slots=True)
-class GetLoads:
-    """Each local bucket's [alive, max]."""
 
     reentrant = True
 
@@ -216,12 +197,11 @@ class StopGroup:
 
 
 class GroupActor(RuntimeActor):
-    """Owns a node's local buckets and peer table; routes overflow; serves remote fills."""
+    """Owns a node's peer table; routes the overflow of its local buckets to peers."""
 
     def __init__(
         self,
         node_id: str,
-        buckets: dict[str, TaskBucket],
         network: NetworkNode,
         ping_interval: float,
         on_failed: Callable[[], ScheduleFailed | None],
@@ -230,14 +210,12 @@ class GroupActor(RuntimeActor):
         super().__init__()
         self.supervisor_key = supervisor_key
         self.node_id = node_id
-        self.buckets = buckets
         self.network = network
         self.ping_interval = ping_interval
         self._on_failed = on_failed
         self.peers: dict[tuple[str, int], _Peer] = {}
         self.routes: dict[int, _Route] = {}
         self._route_ids = itertools.count(1)
-        self._decoder = FrameDecoder(network.max_frame)
         self._stopped = False
         # (address, node) of discovered entries dropped without ever connecting
         # -> (ignored until, backoff); see _give_up.
@@ -277,8 +255,6 @@ class GroupActor(RuntimeActor):
         if kind is FillReplied:
             self._on_reply(message)
             return None
-        if kind is ServeFill:
-            return self._serve_fill(message.message)
         if kind is PeerChanged:
             self._on_peer_changed(message)
             return None
@@ -290,8 +266,6 @@ class GroupActor(RuntimeActor):
             return None
         if kind is GetPeers:
             return [self._info(p) for p in self.peers.values()]
-        if kind is GetLoads:
-            return self._loads()
         if kind is StopGroup:
             self._stop_all()
             return None
@@ -401,55 +375,6 @@ class GroupActor(RuntimeActor):
                 _call_on_failed, callback, peer, route.bucket, route.task_id, error
             )
         route.reply.set_exception((type(error), error, None))
-
-    # serving -----------------------------------------------------------------------------
-    def _serve_fill(self, wire: dict[str, Any]) -> tuple[bool, str, str]:
-        name = wire["bucket"]
-        bucket = self.buckets.get(name)
-        if bucket is None:
-            return False, RefusalCode.NO_SUCH_BUCKET, f"no bucket named {name!r} here"
-        try:
-            raw = wire.get("data")
-            data = None if raw is None else self._decode_data(raw)
-            fill = bucket.prepare_fill(
-                TaskType(wire["type"]),
-                wire["id"],
-                data,
-                run_after=wire["run_after"],
-                life_span=wire["life_span"],
-            )
-            call(bucket.actor_ref, fill)
-        except DuplicateTaskError as error:
-            return False, RefusalCode.DUPLICATE, str(error)
-        except BucketFullError as error:
-            return False, RefusalCode.FULL, str(error)
-        except BucketClosedError as error:
-            return False, RefusalCode.CLOSED, str(error)
-        except (InvalidArgumentError, FrameError, ValueError) as error:
-            return False, RefusalCode.BAD_DATA, str(error)
-        except pykka.ActorDeadError:
-            return False, RefusalCode.CLOSED, f"bucket {name!r} is closed"
-        except Exception as error:  # never let a peer's fill break the server
-            logger.exception("serving a fill for %r failed", name)
-            return False, RefusalCode.INTERNAL, repr(error)
-        return True, "", ""
-
-    def _decode_data(self, raw: Any) -> Any:
-        if not isinstance(raw, bytes):
-            raise InvalidArgumentError("task data must be sent as msgpack bytes")
-        wrapped = self._decoder.decode_body(b"\x81\xa1d" + raw)  # {"d": <data>}
-        return wrapped["d"]
-
-    def _loads(self) -> dict[str, list[int]]:
-        loads: dict[str, list[int]] = {}
-        for name, bucket in self.buckets.items():
-            try:
-                if bucket.closed:  # a closed bucket takes nothing: report it full
-                    raise RuntimeError("closed")
-                loads[name] = [len(bucket), bucket.config.max_bucket]
-            except Exception:
-                loads[name] = [bucket.config.max_bucket, bucket.config.max_bucket]
-        return loads
 
     # peers ---------------------------------------------------------------------------------
     def _on_discovered(self, event: PeerEvent) -> None:

@@ -78,14 +78,20 @@ class _Inbound:
 
 
 class ServeHandler(Protocol):
-    """What the server asks of the group it serves."""
+    """What the server asks of the node it serves (:class:`gobucket.serve.BucketServer`)."""
 
     def loads(self) -> dict[str, list[int]]:
         """Each local bucket's ``[alive, max]``."""
         ...
 
-    def serve_fill(self, peer: PeerHello, message: dict[str, Any]) -> tuple[bool, str, str]:
-        """Fill a task sent by ``peer``; return ``(accepted, refusal code, text)``."""
+    def serve_fill(
+        self, peer: PeerHello, fill: protocol.Fill, answer: Callable[[bool, str, str], None]
+    ) -> None:
+        """Fill a task sent by ``peer``; call ``answer(accepted, refusal code, text)``.
+
+        It must not wait: ``answer`` may be called before it returns, or later
+        from any thread (the reply then goes out from the loop).
+        """
         ...
 
     def allow(self, host: str) -> bool:
@@ -424,6 +430,17 @@ class NetworkNode:
             return
         await self._serve_requests(conn, peer)
 
+    def _answerer(self, conn: Connection, rid: int) -> Callable[[bool, str, str], None]:
+        """What sends the ACK of FILL ``rid``: at once on the loop, else from the loop soon."""
+
+        def answer(ok: bool, code: str, text: str) -> None:
+            if threading.current_thread() is self._thread:
+                _send_answer(conn, rid, ok, code, text)
+            else:  # the bucket's actor replied on its own thread
+                self.call_soon(_send_answer, conn, rid, ok, code, text)
+
+        return answer
+
     async def _serve_requests(self, conn: Connection, peer: PeerHello) -> None:
         """After the handshake: answer FILLs and PINGs until the connection ends.
 
@@ -447,9 +464,7 @@ class NetworkNode:
             request = protocol.parse(message)
             conn.cork()  # replies to a batch of pipelined requests go out together
             if type(request) is protocol.Fill:
-                ok, code, text = handler.serve_fill(peer, message)
-                rid = request.rid
-                conn.send(protocol.ack(rid) if ok else protocol.refusal(rid, code, text))
+                handler.serve_fill(peer, request, self._answerer(conn, request.rid))
             elif type(request) is protocol.Ping:
                 conn.send(protocol.pong(request.seq, handler.loads()))
             elif type(request) is protocol.Error:
@@ -465,3 +480,9 @@ class NetworkNode:
                     await conn.flush()
                 except (ConnectionError, OSError):
                     return
+
+
+def _send_answer(conn: Connection, rid: int, ok: bool, code: str, text: str) -> None:
+    """Send the ACK of FILL ``rid`` (on the loop), unless the connection closed meanwhile."""
+    if not conn.closed:
+        conn.send(protocol.ack(rid) if ok else protocol.refusal(rid, code, text))
