@@ -17,18 +17,10 @@ import pykka
 from gobucket.actors import messages as m
 from gobucket.actors._future import done_future
 from gobucket.actors.actor import call
-from gobucket.actors.group import (
-    Discovered,
-    GetPeers,
-    GroupActor,
-    PeerInfo,
-    Placement,
-    RouteFill,
-    ScheduleFailed,
-    StopGroup,
-)
-from gobucket.actors.messages import Supervise, Unsupervise
+from gobucket.actors.group import GroupActor, ScheduleFailed
+from gobucket.actors.messages import Discovered, GetPeers, RouteFill, StopGroup
 from gobucket.actors.runtime import ActorRuntime, default_runtime
+from gobucket.actors.supervisor import Supervised
 from gobucket.bucket import TaskBucket
 from gobucket.config import Duration, TaskType
 from gobucket.discovery.base import PeerEvent, PeerSource, PeerUp
@@ -44,6 +36,7 @@ from gobucket.errors import (
 from gobucket.recovery.collect import RescueReport
 from gobucket.recovery.record import RescuedTask
 from gobucket.serve import BucketServer
+from gobucket.types import PeerInfo, Placement
 from gobucket.wire import protocol
 from gobucket.wire.connection import Identity
 from gobucket.wire.frames import DEFAULT_MAX_FRAME, pack
@@ -192,10 +185,9 @@ class TaskBucketGroup:
             max_frame,
             ping_interval=self.ping_interval,
         )
-        self._ref: pykka.ActorRef[GroupActor] | None = None
+        self._group: Supervised[GroupActor] | None = None  # the GroupActor, once started
         self._key = f"group:{self.node_id}"
         self._known: dict[tuple[str, int], PeerUp] = {}
-        self._failure: BaseException | None = None
         self._started = False
         self._stopped = threading.Event()
         self._wake = threading.Event()  # set by stop() or a signal: serve_forever() returns
@@ -223,10 +215,13 @@ class TaskBucketGroup:
                 return self
             self._started = True
         self._network.start()
-        self._ref = self._spawn_group()
-        call(
+        self._group = Supervised(
             self._runtime.supervisor,
-            Supervise(self._key, self._spawn_group, self._group_restarted, self._group_gave_up),
+            self._key,
+            self._spawn_group,
+            gone=_group_gone,
+            restarted=self._group_restarted,
+            gave_up=self._group_gave_up,
         )
         for source in self._sources:
             source.start(self._on_peer_event)
@@ -244,14 +239,12 @@ class TaskBucketGroup:
 
     def _group_restarted(self, fresh: pykka.ActorRef[Any], _panics: list[Any]) -> None:
         # A fresh GroupActor: tell it every peer the sources reported so far.
-        self._ref = fresh
         for event in list(self._known.values()):
             with contextlib.suppress(pykka.ActorDeadError):
                 fresh.tell(Discovered(event))
 
     def _group_gave_up(self, error: BaseException, _panics: list[Any]) -> None:
         logger.error("group %r stopped routing after repeated failures: %r", self.cluster, error)
-        self._failure = error
 
     def serve_forever(self, *, grace: float = 30.0) -> None:
         """Start (if needed) and block until :meth:`stop` is called (like Go's StartWork).
@@ -306,7 +299,7 @@ class TaskBucketGroup:
         if handoff:
             for bucket in self._buckets.values():
                 bucket._seal()
-            if self._ref is not None:
+            if self._group is not None:
                 handed = self._hand_off(timeout)
         self._stopped.set()
         for source in self._sources:
@@ -317,18 +310,18 @@ class TaskBucketGroup:
                     leave()
                 except Exception:
                     logger.exception("peer source %r could not say goodbye", source)
-        if self._ref is not None:
-            call(self._runtime.supervisor, Unsupervise(self._key))
+        if self._group is not None:
+            self._group.release()  # off supervision: a crash from here on is not restarted
             with contextlib.suppress(pykka.ActorDeadError):
-                call(self._ref, StopGroup())
+                self._group.ask(StopGroup())
         self._network.stop()
         for source in self._sources:
             try:
                 source.stop()
             except Exception:
                 logger.exception("stopping peer source %r failed", source)
-        if self._ref is not None:
-            self._ref.stop()
+        if self._group is not None:
+            self._group.ref.stop()
         if handoff:
             for name, bucket in self._buckets.items():
                 try:
@@ -354,7 +347,7 @@ class TaskBucketGroup:
 
     def _hand_off(self, timeout: float) -> int:
         """Move not-yet-started tasks to peers; rescue what no peer takes."""
-        assert self._ref is not None
+        assert self._group is not None
         handed = 0
         for name, bucket in self._buckets.items():
             try:
@@ -381,7 +374,7 @@ class TaskBucketGroup:
                     max(record.remaining_life, wait + 0.001),
                 )
                 routes.append(
-                    (ref, record, self._ref.ask(RouteFill(name, record.task_id, wire), block=False))
+                    (ref, record, self._group.ask_later(RouteFill(name, record.task_id, wire)))
                 )
             unplaced: list[m.Answer] = []
             for ref, record, route in routes:
@@ -490,29 +483,29 @@ class TaskBucketGroup:
                 return done_future(Placement(True, self.node_id, bucket, id, None))
             except (BucketFullError, BucketClosedError, pykka.ActorDeadError):
                 pass  # full, or shutting down: a peer may take it
-        if self._ref is None:
+        if self._group is None:
             raise GoBucketError("start() the group before filling it")
         wire = protocol.fill(
             bucket, id, packed, message.task_type.value, message.run_after, message.life_span
         )
         why = "is closed" if local.closed else "is full"
-        if self._failure is not None:
+        if self._group.failure is not None:
             raise NoPeerAvailableError(
                 f"task buffer exceeded: bucket {bucket!r} {why} and overflow routing "
-                f"stopped after repeated failures ({self._failure!r})"
+                f"stopped after repeated failures ({self._group.failure!r})"
             )
-        if self._stopped.is_set() or not self._ref.is_alive():
+        if self._stopped.is_set() or not self._group.ref.is_alive():
             raise NoPeerAvailableError(
                 f"task buffer exceeded: bucket {bucket!r} {why} and the group is stopped"
             )
-        future: pykka.Future[Placement] = self._ref.ask(RouteFill(bucket, id, wire), block=False)
+        future: pykka.Future[Placement] = self._group.ask_later(RouteFill(bucket, id, wire))
         return future
 
     def peers(self) -> list[PeerInfo]:
         """What this node knows of each peer: address, node id, loads, up/down, source."""
-        if self._ref is None:
+        if self._group is None:
             return []
-        infos: list[PeerInfo] = call(self._ref, GetPeers())
+        infos: list[PeerInfo] = self._group.ask(GetPeers())
         return infos
 
     # called by the network side ------------------------------------------------------------
@@ -538,12 +531,17 @@ class TaskBucketGroup:
             self._known[event.address].source == event.source
         ):
             del self._known[event.address]
-        if self._ref is not None:
+        if self._group is not None:
             with contextlib.suppress(pykka.ActorDeadError):
-                self._ref.tell(Discovered(event))
+                self._group.tell(Discovered(event))
 
     def loads(self) -> dict[str, list[int]]:
         """Each local bucket's ``[alive, max]`` (what PONG reports; empty before :meth:`start`)."""
-        if self._ref is None:
+        if self._group is None:
             return {}
         return self._server.loads()
+
+
+def _group_gone(_failure: BaseException | None) -> pykka.ActorDeadError:
+    """What a call to the GroupActor raises once it is gone for good (as pykka would)."""
+    return pykka.ActorDeadError("the group's actor is stopped")

@@ -434,8 +434,8 @@ def test_accept_failing_with_emfile_logs_once_and_recovers(cluster: Cluster) -> 
 
 def dial_attempts(group: TaskBucketGroup, address: tuple[str, int]) -> int:
     """How many times ``group`` has dialled ``address`` (1 while the first link holds)."""
-    assert group._ref is not None
-    actor = group._ref.actor_inbox._actor  # type: ignore[attr-defined]
+    assert group._group is not None
+    actor = group._group.ref.actor_inbox._actor  # type: ignore[attr-defined]
     return int(actor.peers[address].ref.attempts)
 
 

@@ -24,7 +24,16 @@ import pykka
 
 from gobucket._threads import tell_quietly
 from gobucket.actors.actor import RuntimeActor
-from gobucket.actors.messages import ChildFailed
+from gobucket.actors.messages import (
+    ChildFailed,
+    Discovered,
+    DiscoveredCheck,
+    FillReplied,
+    GetPeers,
+    PeerChanged,
+    RouteFill,
+    StopGroup,
+)
 from gobucket.discovery.base import PeerDown, PeerEvent, PeerUp
 from gobucket.errors import (
     BucketFullError,
@@ -33,6 +42,7 @@ from gobucket.errors import (
     NoPeerAvailableError,
     PeerLostTaskError,
 )
+from gobucket.types import PeerInfo, Placement
 from gobucket.wire.peer import NotSentError, Peer, PeerLostError
 from gobucket.wire.protocol import Ack, RefusalCode
 
@@ -42,7 +52,7 @@ if TYPE_CHECKING:
     from gobucket.wire.connection import PeerHello
     from gobucket.wire.node import NetworkNode
 
-__all__ = ["GroupActor", "PeerInfo", "Placement"]
+__all__ = ["GroupActor", "ScheduleFailed"]
 
 logger = logging.getLogger("gobucket.group")
 
@@ -66,38 +76,6 @@ MAX_GIVEN_UP = 1024
 PEER_LOG_INTERVAL = 60.0
 """A peer that stays unreachable (or keeps refusing the handshake) for the same reason is
 logged when that starts, then at most once per this many seconds."""
-
-
-@dataclass(frozen=True, slots=True)
-class Placement:
-    """Where a task filled through a group now lives."""
-
-    local: bool
-    node: str
-    bucket: str
-    task_id: str
-    address: tuple[str, int] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PeerInfo:
-    """What a node knows of one peer."""
-
-    address: tuple[str, int]
-    node: str | None
-    up: bool
-    source: str
-    loads: dict[str, tuple[int, int]]
-    last_seen: float | None
-    buckets: tuple[str, ...] = ()
-    reason: str | None = None
-    """Why the peer is down (``None`` while it is up): "cannot connect: connection
-    refused", "handshake refused: ...", "missed 3 pings ...", "not connected yet"."""
-
-    def free(self, bucket: str) -> int | None:
-        """Free room in ``bucket`` by the latest report, or None if unknown."""
-        load = self.loads.get(bucket)
-        return None if load is None else max(0, load[1] - load[0])
 
 
 @dataclass
@@ -137,63 +115,6 @@ class _Route:
     reply: pykka.Future[Any]
     tried: set[tuple[str, int]] = field(default_factory=set)
     last_error: BaseException | None = None
-
-
-# --- messages (frozen dataclasses, named for what happened) ---------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RouteFill:
-    """The local bucket was full: place this task on a peer (answered with a Placement)."""
-
-    bucket: str
-    task_id: str
-    wire: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class FillReplied:
-    """A peer answered (or failed) a FILL this node sent."""
-
-    route: int
-    address: tuple[str, int]
-    reply: Any
-
-
-@dataclass(frozen=True, slots=True)
-class PeerChanged:
-    """The network side saw a peer come up, go down, report load, or refuse us."""
-
-    address: tuple[str, int]
-    kind: str
-    payload: Any
-
-
-@dataclass(frozen=True, slots=True)
-class Discovered:
-    """A peer source reported a peer event."""
-
-    event: PeerEvent
-
-
-@dataclass(frozen=True, slots=True)
-class DiscoveredCheck:
-    """Timer: drop the discovered entry at ``address`` if it still has no link at ``due``."""
-
-    address: tuple[str, int]
-    due: float
-
-
-@dataclass(frozen=True, slots=True)
-class GetPeers:
-    """Snapshot the peer table."""
-
-    reentrant = True
-
-
-@dataclass(frozen=True, slots=True)
-class StopGroup:
-    """Stop dialling peers; fail routes still waiting."""
 
 
 class GroupActor(RuntimeActor):
