@@ -1,9 +1,11 @@
-"""A node's network side: one asyncio loop thread, the listening server, outbound refs.
+"""A node's network side: one asyncio loop thread and the listening server.
 
-Actors never touch sockets: the GroupActor hands requests to this loop with
-``call_soon_threadsafe`` and hears back by message. Each inbound connection is
-served by its own coroutine; a peer that sends garbage, too much, or the wrong
-secret is disconnected and nobody else notices.
+Actors never touch sockets: the GroupActor hands requests to this loop (through
+each :class:`~gobucket.wire.peer.Peer`) with ``call_soon_threadsafe`` and hears
+back by message. Each inbound connection is served by its own coroutine; what it
+answers comes from a :class:`ServeHandler`, which never makes the loop wait. A
+peer that sends garbage, too much, or the wrong secret is disconnected and
+nobody else notices.
 """
 
 from __future__ import annotations
