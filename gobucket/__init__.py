@@ -5,7 +5,6 @@ of them before they run, and rescue them all through ``on_panic`` when the
 process is going down. See the README for a tour.
 """
 
-from gobucket.actors.group import PeerInfo, Placement
 from gobucket.actors.runtime import ActorRuntime, default_runtime
 from gobucket.bucket import MAX_TASK_ID, TaskBucket
 from gobucket.config import MAX_DURATION, BucketConfig, TaskType
@@ -36,7 +35,7 @@ from gobucket.recovery import (
     replay,
     rescue_on_error,
 )
-from gobucket.types import BucketStats, Outcome
+from gobucket.types import BucketStats, Outcome, PeerInfo, Placement
 
 __version__ = "0.1.0"
 

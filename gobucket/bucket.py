@@ -18,7 +18,16 @@ from gobucket.actors import messages as m
 from gobucket.actors.bucket import BucketActor
 from gobucket.actors.runtime import ActorRuntime, default_runtime
 from gobucket.actors.supervisor import Supervised
-from gobucket.config import BucketConfig, Duration, TaskType, to_seconds
+from gobucket.config import (
+    MAX_TASK_ID,
+    BucketConfig,
+    Duration,
+    FillFields,
+    TaskType,
+    make_fill,
+    to_seconds,
+    validate_task_id,
+)
 from gobucket.errors import (
     BucketClosedError,
     GoBucketError,
@@ -39,26 +48,6 @@ logger = logging.getLogger("gobucket")
 
 _RESCUE_PASSES = 10
 """Rescue rounds at shutdown before giving up on tasks that keep appearing (crash restarts)."""
-
-
-MAX_TASK_ID = 1024
-"""The longest task id accepted, in bytes of UTF-8 (at ``fill`` and over the wire)."""
-
-
-def validate_task_id(task_id: object) -> str:
-    """Return ``task_id`` if it is a non-empty string of at most 1 KiB, else raise."""
-    if not isinstance(task_id, str):
-        raise InvalidArgumentError(f"task id must be a str, not {type(task_id).__name__}")
-    if not task_id:
-        raise InvalidArgumentError("task id must be a non-empty string")
-    if len(task_id) > MAX_TASK_ID // 4 and len(task_id.encode("utf-8", "surrogatepass")) > (
-        MAX_TASK_ID
-    ):
-        raise InvalidArgumentError(
-            f"task id is {len(task_id.encode('utf-8', 'surrogatepass'))} bytes long; "
-            f"the limit is {MAX_TASK_ID} bytes (UTF-8)"
-        )
-    return task_id
 
 
 class TaskBucket:
@@ -220,7 +209,7 @@ class TaskBucket:
                 bucket's rescue sink could not store (nothing changed).
             BucketClosedError: the bucket was closed.
         """
-        self._ask(self.prepare_fill(task_type, id, data, run_after=run_after, life_span=life_span))
+        self._ask(self._prepare_fill(task_type, id, data, run_after=run_after, life_span=life_span))
 
     def _fill_exhausted(self, task_type: TaskType, task_id: str, data: Any) -> None:
         """Fill a task whose life span already ran out: it ends through ``on_task_exhausted``.
@@ -236,7 +225,7 @@ class TaskBucket:
         self._check_open()
         self._ask(m.FillTask(task_type, task_id, data, 0.0, 0.0, True))
 
-    def prepare_fill(
+    def _prepare_fill(
         self,
         task_type: TaskType,
         id: str,
@@ -245,54 +234,33 @@ class TaskBucket:
         run_after: Duration | None = None,
         life_span: Duration | None = None,
     ) -> m.FillTask:
-        """Validate a fill's arguments and build its message (used by groups too).
+        """Check a fill (:func:`~gobucket.config.make_fill`) and build its message.
 
-        Raises BucketClosedError when the bucket refuses fills.
+        Raises BucketClosedError, after the arguments were checked, when the bucket
+        refuses fills.
         """
-        message = self._validate_fill(task_type, id, data, run_after=run_after, life_span=life_span)
+        message = m.FillTask(*self._make_fill(task_type, id, data, run_after, life_span))
         self._check_open()
         return message
 
-    def _validate_fill(
+    def _make_fill(
         self,
         task_type: TaskType,
         id: str,
-        data: Any = None,
-        *,
-        run_after: Duration | None = None,
-        life_span: Duration | None = None,
-    ) -> m.FillTask:
-        """Check a fill's arguments (and its data against the rescue sink); build its message."""
-        if not isinstance(task_type, TaskType):
-            try:
-                task_type = TaskType(task_type)
-            except ValueError:
-                raise InvalidArgumentError(
-                    f"task_type must be a TaskType, not {task_type!r}"
-                ) from None
-        validate_task_id(id)
-        cfg = self._config
-        life = (
-            cfg.life_span
-            if life_span is None
-            else to_seconds(life_span, "life_span", allow_zero=False)
+        data: Any,
+        run_after: Duration | None,
+        life_span: Duration | None,
+    ) -> FillFields:
+        """Check a fill's arguments (and its data against the rescue sink, if any)."""
+        return make_fill(
+            self._config,
+            task_type,
+            id,
+            data,
+            run_after=run_after,
+            life_span=life_span,
+            check_data=None if self.rescue_sink is None else check_storable,
         )
-        if task_type is TaskType.TIME_BOMB:
-            after = cfg.run_after if run_after is None else to_seconds(run_after, "run_after")
-            if life <= after:
-                raise InvalidArgumentError(
-                    f"life_span ({life}s) must be longer than run_after ({after}s) for a "
-                    "time bomb, or it would be exhausted before it runs"
-                )
-        else:
-            if run_after is not None and to_seconds(run_after, "run_after") != 0:
-                raise InvalidArgumentError(
-                    "run_after applies to TaskType.TIME_BOMB only; an IMMEDIATE task runs now"
-                )
-            after = 0.0
-        if self.rescue_sink is not None:
-            check_storable(data)
-        return m.FillTask(task_type, id, data, after, life)
 
     def _check_open(self) -> None:
         if self._sealed:

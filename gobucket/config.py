@@ -1,15 +1,27 @@
-"""Bucket configuration and task types."""
+"""Bucket configuration, task types, durations, and the one check of every fill."""
 
 from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from gobucket.errors import InvalidArgumentError
 
-__all__ = ["MAX_DURATION", "BucketConfig", "Duration", "TaskType", "to_seconds"]
+__all__ = [
+    "MAX_DURATION",
+    "MAX_TASK_ID",
+    "BucketConfig",
+    "Duration",
+    "FillFields",
+    "TaskType",
+    "make_fill",
+    "to_seconds",
+    "validate_task_id",
+]
 
 Duration = float | int | timedelta
 """A length of time: seconds as a number, or a :class:`datetime.timedelta`."""
@@ -124,3 +136,77 @@ class BucketConfig:
         object.__setattr__(self, "run_after", after)
         object.__setattr__(self, "retry_backoff", backoff)
         object.__setattr__(self, "verbose", bool(self.verbose))
+
+
+MAX_TASK_ID = 1024
+"""The longest task id accepted, in bytes of UTF-8 (at ``fill`` and over the wire)."""
+
+
+def validate_task_id(task_id: object) -> str:
+    """Return ``task_id`` if it is a non-empty string of at most 1 KiB, else raise."""
+    if not isinstance(task_id, str):
+        raise InvalidArgumentError(f"task id must be a str, not {type(task_id).__name__}")
+    if not task_id:
+        raise InvalidArgumentError("task id must be a non-empty string")
+    if len(task_id) > MAX_TASK_ID // 4 and len(task_id.encode("utf-8", "surrogatepass")) > (
+        MAX_TASK_ID
+    ):
+        raise InvalidArgumentError(
+            f"task id is {len(task_id.encode('utf-8', 'surrogatepass'))} bytes long; "
+            f"the limit is {MAX_TASK_ID} bytes (UTF-8)"
+        )
+    return task_id
+
+
+FillFields = tuple[TaskType, str, Any, float, float]
+"""A checked fill: task type, id, data, ``run_after`` and ``life_span`` in seconds
+(the fields of the BucketActor's ``FillTask`` message, in order)."""
+
+
+def make_fill(
+    config: BucketConfig,
+    task_type: TaskType,
+    task_id: str,
+    data: Any = None,
+    *,
+    run_after: Duration | None = None,
+    life_span: Duration | None = None,
+    check_data: Callable[[Any], object] | None = None,
+) -> FillFields:
+    """Check a fill's arguments against ``config``; return the fill's fields.
+
+    The one check of every fill, local (``TaskBucket.fill``) or from a peer
+    (:mod:`gobucket.serve`). ``run_after`` and ``life_span`` default to the
+    config's; ``check_data`` (the rescue sink's storability check, when the
+    bucket has a sink) raises for data the bucket could not rescue.
+
+    Raises:
+        InvalidArgumentError: a bad type, id or duration, or data ``check_data`` refuses.
+    """
+    if not isinstance(task_type, TaskType):
+        try:
+            task_type = TaskType(task_type)
+        except ValueError:
+            raise InvalidArgumentError(f"task_type must be a TaskType, not {task_type!r}") from None
+    validate_task_id(task_id)
+    life = (
+        config.life_span
+        if life_span is None
+        else to_seconds(life_span, "life_span", allow_zero=False)
+    )
+    if task_type is TaskType.TIME_BOMB:
+        after = config.run_after if run_after is None else to_seconds(run_after, "run_after")
+        if life <= after:
+            raise InvalidArgumentError(
+                f"life_span ({life}s) must be longer than run_after ({after}s) for a "
+                "time bomb, or it would be exhausted before it runs"
+            )
+    else:
+        if run_after is not None and to_seconds(run_after, "run_after") != 0:
+            raise InvalidArgumentError(
+                "run_after applies to TaskType.TIME_BOMB only; an IMMEDIATE task runs now"
+            )
+        after = 0.0
+    if check_data is not None:
+        check_data(data)
+    return (task_type, task_id, data, after, life)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-import socket
 import threading
 import time
 import uuid
@@ -18,20 +17,10 @@ import pykka
 from gobucket.actors import messages as m
 from gobucket.actors._future import done_future
 from gobucket.actors.actor import call
-from gobucket.actors.group import (
-    Discovered,
-    GetLoads,
-    GetPeers,
-    GroupActor,
-    PeerInfo,
-    Placement,
-    RouteFill,
-    ScheduleFailed,
-    ServeFill,
-    StopGroup,
-)
-from gobucket.actors.messages import Supervise, Unsupervise
+from gobucket.actors.group import GroupActor, ScheduleFailed
+from gobucket.actors.messages import Discovered, GetPeers, RouteFill, StopGroup
 from gobucket.actors.runtime import ActorRuntime, default_runtime
+from gobucket.actors.supervisor import Supervised
 from gobucket.bucket import TaskBucket
 from gobucket.config import Duration, TaskType
 from gobucket.discovery.base import PeerEvent, PeerSource, PeerUp
@@ -46,7 +35,10 @@ from gobucket.errors import (
 )
 from gobucket.recovery.collect import RescueReport
 from gobucket.recovery.record import RescuedTask
-from gobucket.wire.connection import Identity, PeerHello
+from gobucket.serve import BucketServer
+from gobucket.types import PeerInfo, Placement
+from gobucket.wire import protocol
+from gobucket.wire.connection import Identity
 from gobucket.wire.frames import DEFAULT_MAX_FRAME, pack
 from gobucket.wire.node import NetworkNode
 
@@ -179,23 +171,23 @@ class TaskBucketGroup:
                     cluster, self.node_id, lambda: self.address[1], tuple(buckets), interfaces
                 )
             )
-        self._allowed: set[str] = set()
-        for address in static.addresses:
-            self._allowed.update(_resolve(address[0]))
         self.on_peer_schedule_failed: ScheduleFailed | None = None
+        # What this node answers its peers (fills, loads, the no-secret allow list).
+        self._server = BucketServer(
+            self._buckets, max_frame, (address[0] for address in static.addresses)
+        )
         self._network = NetworkNode(
             self._identity,
             self._secret,
-            self,
+            self._server,
             host,
             port,
             max_frame,
             ping_interval=self.ping_interval,
         )
-        self._ref: pykka.ActorRef[GroupActor] | None = None
+        self._group: Supervised[GroupActor] | None = None  # the GroupActor, once started
         self._key = f"group:{self.node_id}"
         self._known: dict[tuple[str, int], PeerUp] = {}
-        self._failure: BaseException | None = None
         self._started = False
         self._stopped = threading.Event()
         self._wake = threading.Event()  # set by stop() or a signal: serve_forever() returns
@@ -223,10 +215,13 @@ class TaskBucketGroup:
                 return self
             self._started = True
         self._network.start()
-        self._ref = self._spawn_group()
-        call(
+        self._group = Supervised(
             self._runtime.supervisor,
-            Supervise(self._key, self._spawn_group, self._group_restarted, self._group_gave_up),
+            self._key,
+            self._spawn_group,
+            gone=_group_gone,
+            restarted=self._group_restarted,
+            gave_up=self._group_gave_up,
         )
         for source in self._sources:
             source.start(self._on_peer_event)
@@ -236,7 +231,6 @@ class TaskBucketGroup:
         return GroupActor.start_on(
             self._runtime,
             self.node_id,
-            self._buckets,
             self._network,
             self.ping_interval,
             lambda: self.on_peer_schedule_failed,
@@ -245,14 +239,12 @@ class TaskBucketGroup:
 
     def _group_restarted(self, fresh: pykka.ActorRef[Any], _panics: list[Any]) -> None:
         # A fresh GroupActor: tell it every peer the sources reported so far.
-        self._ref = fresh
         for event in list(self._known.values()):
             with contextlib.suppress(pykka.ActorDeadError):
                 fresh.tell(Discovered(event))
 
     def _group_gave_up(self, error: BaseException, _panics: list[Any]) -> None:
         logger.error("group %r stopped routing after repeated failures: %r", self.cluster, error)
-        self._failure = error
 
     def serve_forever(self, *, grace: float = 30.0) -> None:
         """Start (if needed) and block until :meth:`stop` is called (like Go's StartWork).
@@ -307,7 +299,7 @@ class TaskBucketGroup:
         if handoff:
             for bucket in self._buckets.values():
                 bucket._seal()
-            if self._ref is not None:
+            if self._group is not None:
                 handed = self._hand_off(timeout)
         self._stopped.set()
         for source in self._sources:
@@ -318,18 +310,18 @@ class TaskBucketGroup:
                     leave()
                 except Exception:
                     logger.exception("peer source %r could not say goodbye", source)
-        if self._ref is not None:
-            call(self._runtime.supervisor, Unsupervise(self._key))
+        if self._group is not None:
+            self._group.release()  # off supervision: a crash from here on is not restarted
             with contextlib.suppress(pykka.ActorDeadError):
-                call(self._ref, StopGroup())
+                self._group.ask(StopGroup())
         self._network.stop()
         for source in self._sources:
             try:
                 source.stop()
             except Exception:
                 logger.exception("stopping peer source %r failed", source)
-        if self._ref is not None:
-            self._ref.stop()
+        if self._group is not None:
+            self._group.ref.stop()
         if handoff:
             for name, bucket in self._buckets.items():
                 try:
@@ -355,7 +347,7 @@ class TaskBucketGroup:
 
     def _hand_off(self, timeout: float) -> int:
         """Move not-yet-started tasks to peers; rescue what no peer takes."""
-        assert self._ref is not None
+        assert self._group is not None
         handed = 0
         for name, bucket in self._buckets.items():
             try:
@@ -373,16 +365,16 @@ class TaskBucketGroup:
                 if not isinstance(record, RescuedTask):
                     continue  # running or ending: it finishes here
                 wait = record.remaining_wait
-                wire = fill_frame(
+                wire = protocol.fill(
                     name,
                     record.task_id,
                     pack(record.data),
-                    TaskType.TIME_BOMB if wait > 0 else TaskType.IMMEDIATE,
+                    (TaskType.TIME_BOMB if wait > 0 else TaskType.IMMEDIATE).value,
                     wait,
                     max(record.remaining_life, wait + 0.001),
                 )
                 routes.append(
-                    (ref, record, self._ref.ask(RouteFill(name, record.task_id, wire), block=False))
+                    (ref, record, self._group.ask_later(RouteFill(name, record.task_id, wire)))
                 )
             unplaced: list[m.Answer] = []
             for ref, record, route in routes:
@@ -477,9 +469,7 @@ class TaskBucketGroup:
         Argument errors and local refusals other than "full" are raised at once.
         """
         local = self.get_bucket(bucket)
-        message = local._validate_fill(
-            task_type, id, data, run_after=run_after, life_span=life_span
-        )
+        message = m.FillTask(*local._make_fill(task_type, id, data, run_after, life_span))
         try:
             packed = pack(data)
         except (TypeError, ValueError, OverflowError) as error:
@@ -493,29 +483,29 @@ class TaskBucketGroup:
                 return done_future(Placement(True, self.node_id, bucket, id, None))
             except (BucketFullError, BucketClosedError, pykka.ActorDeadError):
                 pass  # full, or shutting down: a peer may take it
-        if self._ref is None:
+        if self._group is None:
             raise GoBucketError("start() the group before filling it")
-        wire = fill_frame(
-            bucket, id, packed, message.task_type, message.run_after, message.life_span
+        wire = protocol.fill(
+            bucket, id, packed, message.task_type.value, message.run_after, message.life_span
         )
         why = "is closed" if local.closed else "is full"
-        if self._failure is not None:
+        if self._group.failure is not None:
             raise NoPeerAvailableError(
                 f"task buffer exceeded: bucket {bucket!r} {why} and overflow routing "
-                f"stopped after repeated failures ({self._failure!r})"
+                f"stopped after repeated failures ({self._group.failure!r})"
             )
-        if self._stopped.is_set() or not self._ref.is_alive():
+        if self._stopped.is_set() or not self._group.ref.is_alive():
             raise NoPeerAvailableError(
                 f"task buffer exceeded: bucket {bucket!r} {why} and the group is stopped"
             )
-        future: pykka.Future[Placement] = self._ref.ask(RouteFill(bucket, id, wire), block=False)
+        future: pykka.Future[Placement] = self._group.ask_later(RouteFill(bucket, id, wire))
         return future
 
     def peers(self) -> list[PeerInfo]:
         """What this node knows of each peer: address, node id, loads, up/down, source."""
-        if self._ref is None:
+        if self._group is None:
             return []
-        infos: list[PeerInfo] = call(self._ref, GetPeers())
+        infos: list[PeerInfo] = self._group.ask(GetPeers())
         return infos
 
     # called by the network side ------------------------------------------------------------
@@ -534,71 +524,24 @@ class TaskBucketGroup:
             # may connect. An mDNS announcement proves nothing (anyone can send one),
             # so it counts only with insecure=True. A loopback address announced on a
             # LAN is meaningless: only trusted when this node runs discovery on loopback.
-            self._allowed.add(event.address[0])
+            self._server.admit(event.address[0])
         if isinstance(event, PeerUp):
             self._known[event.address] = event
         elif self._known.get(event.address) is not None and (
             self._known[event.address].source == event.source
         ):
             del self._known[event.address]
-        if self._ref is not None:
+        if self._group is not None:
             with contextlib.suppress(pykka.ActorDeadError):
-                self._ref.tell(Discovered(event))
+                self._group.tell(Discovered(event))
 
     def loads(self) -> dict[str, list[int]]:
-        """Each local bucket's ``[alive, max]`` (what PONG reports)."""
-        if self._ref is None:
+        """Each local bucket's ``[alive, max]`` (what PONG reports; empty before :meth:`start`)."""
+        if self._group is None:
             return {}
-        loads: dict[str, list[int]] = call(self._ref, GetLoads())
-        return loads
-
-    def serve_fill(self, peer: PeerHello, message: dict[str, Any]) -> tuple[bool, str, str]:
-        """Fill a task a peer sent (called on the network loop)."""
-        if self._ref is None:
-            return False, "closed", "not started"
-        try:
-            result: tuple[bool, str, str] = call(self._ref, ServeFill(peer.node, message))
-        except pykka.ActorDeadError:
-            return False, "closed", "group stopped"
-        return result
-
-    def allow(self, host: str) -> bool:
-        """Without a secret, only addresses on the peer list may connect."""
-        return host in self._allowed or _strip_v4_mapped(host) in self._allowed
-
-    def allow_address(self, host: str) -> None:
-        """Add a host to the allow list (used by discovery for same-cluster nodes)."""
-        self._allowed.update(_resolve(host))
+        return self._server.loads()
 
 
-def fill_frame(
-    bucket: str,
-    task_id: str,
-    packed_data: bytes,
-    task_type: TaskType,
-    run_after: float,
-    life_span: float,
-) -> dict[str, Any]:
-    """The FILL message asking a peer to take a task (``rid`` is added when sent)."""
-    return {
-        "t": "fill",
-        "bucket": bucket,
-        "id": task_id,
-        "data": packed_data,
-        "type": task_type.value,
-        "run_after": run_after,
-        "life_span": life_span,
-    }
-
-
-def _strip_v4_mapped(host: str) -> str:
-    return host[7:] if host.startswith("::ffff:") else host
-
-
-def _resolve(host: str) -> set[str]:
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        logger.warning("cannot resolve peer host %r", host)
-        return {host}
-    return {str(info[4][0]) for info in infos} | {host}
+def _group_gone(_failure: BaseException | None) -> pykka.ActorDeadError:
+    """What a call to the GroupActor raises once it is gone for good (as pykka would)."""
+    return pykka.ActorDeadError("the group's actor is stopped")

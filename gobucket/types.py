@@ -1,8 +1,8 @@
-"""Public values gobucket hands back: a bucket's counters and how a task ended.
+"""Public values gobucket hands back: a bucket's counters, how a task ended, where a
+group placed a task and what a node knows of a peer.
 
-(Values about the group, :class:`~gobucket.Placement` and
-:class:`~gobucket.PeerInfo`, live here too.) Nothing here refers to an actor:
-these are plain, immutable snapshots safe to keep and compare.
+Nothing here refers to an actor: these are plain, immutable snapshots safe to
+keep and compare.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["BucketStats", "Outcome"]
+__all__ = ["BucketStats", "Outcome", "PeerInfo", "Placement"]
 
 
 class Outcome(enum.Enum):
@@ -62,3 +62,35 @@ class BucketStats:
     def ended(self) -> int:
         """How many tasks have ended, by any of the five ends."""
         return self.finished + self.execute_errors + self.exhausted + self.panicked + self.drained
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a task filled through a group now lives."""
+
+    local: bool
+    node: str
+    bucket: str
+    task_id: str
+    address: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """What a node knows of one peer."""
+
+    address: tuple[str, int]
+    node: str | None
+    up: bool
+    source: str
+    loads: dict[str, tuple[int, int]]
+    last_seen: float | None
+    buckets: tuple[str, ...] = ()
+    reason: str | None = None
+    """Why the peer is down (``None`` while it is up): "cannot connect: connection
+    refused", "handshake refused: ...", "missed 3 pings ...", "not connected yet"."""
+
+    def free(self, bucket: str) -> int | None:
+        """Free room in ``bucket`` by the latest report, or None if unknown."""
+        load = self.loads.get(bucket)
+        return None if load is None else max(0, load[1] - load[0])

@@ -21,7 +21,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "gobucket"
 LOWER_LAYERS = ("actors", "executors", "wire", "discovery", "recovery")
-FACADES = {"gobucket.bucket", "gobucket.group"}
+FACADES = {"gobucket.bucket", "gobucket.group", "gobucket.serve"}
 
 
 def _module_name(path: Path) -> str:
@@ -177,3 +177,10 @@ def test_every_module_imports_on_its_own_in_a_fresh_interpreter():
         cwd=PACKAGE.parent,
     )
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_serving_sits_beside_the_facades_and_imports_neither():
+    # serve.py may use the actors, the wire, config, errors and types; the facades
+    # assemble it (group.py), never the other way round.
+    imported = {t for t, _, _ in _imports(MODULES["gobucket.serve"])}
+    assert imported & {"gobucket.bucket", "gobucket.group"} == set()

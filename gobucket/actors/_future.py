@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pykka
@@ -15,9 +17,11 @@ from gobucket.actors._pykka import init_future, set_get_hook_unset
 if TYPE_CHECKING:
     from gobucket.actors._pykka import GetHookFunc, OptExcInfo
 
-__all__ = ["LatchFuture"]
+__all__ = ["CallbackFuture", "LatchFuture"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("gobucket.runtime")
 
 _UNSET: Any = object()
 
@@ -86,6 +90,37 @@ class LatchFuture(pykka.Future[T]):
             raise queue.Full
         set_get_hook_unset(self)
         super().set_get_hook(func)
+
+
+class CallbackFuture(LatchFuture[T]):
+    """A :class:`LatchFuture` that also calls ``done(value, error)`` once it is set.
+
+    ``done`` runs on the thread that sets the future (the one that handled the
+    message); an exception it raises is logged, never passed to that thread.
+    """
+
+    __slots__ = ("_done",)
+
+    def __init__(self, done: Callable[[Any, BaseException | None], None]) -> None:
+        super().__init__()
+        self._done = done
+
+    def set(self, value: Any | None = None) -> None:
+        """Set the value, then call ``done(value, None)``."""
+        super().set(value)
+        self._notify(value, None)
+
+    def set_exception(self, exc_info: OptExcInfo | None = None) -> None:
+        """Set the exception, then call ``done(None, exception)``."""
+        super().set_exception(exc_info)
+        assert self._exc_info is not None
+        self._notify(None, self._exc_info[1])
+
+    def _notify(self, value: Any, error: BaseException | None) -> None:
+        try:
+            self._done(value, error)
+        except Exception:
+            logger.exception("the callback of an answer raised")
 
 
 def failed_future(error: BaseException) -> LatchFuture[Any]:

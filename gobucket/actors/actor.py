@@ -40,7 +40,7 @@ import pykka
 
 from gobucket._threads import _depth, _runtime_thread
 from gobucket._threads import local as _local
-from gobucket.actors._future import LatchFuture
+from gobucket.actors._future import CallbackFuture, LatchFuture
 from gobucket.actors._pykka import (
     PYKKA_MESSAGES,
     ActorStop,
@@ -60,6 +60,7 @@ __all__ = [
     "MayDefer",
     "Reentrant",
     "RuntimeActor",
+    "ask_then",
     "call",
     "use_default_runtime",
 ]
@@ -313,6 +314,35 @@ def call(ref: pykka.ActorRef[Any], message: Any, timeout: float | None = None) -
                 return result.future.get(timeout=timeout)
             return result
     return ref.ask(message, timeout=timeout)
+
+
+def ask_then(
+    ref: pykka.ActorRef[Any], message: Any, done: Callable[[Any, BaseException | None], None]
+) -> None:
+    """Ask ``ref`` without waiting: ``done(answer, error)`` is called once it answered.
+
+    When the actor is free the message is handled inline and ``done`` is called
+    before this returns; when it is busy on another thread the message is
+    queued and ``done`` is called on the thread that handles it. Never blocks.
+    ``message`` must not be :class:`MayDefer` (a deferred inline answer would
+    need a wait).
+    """
+    assert not isinstance(message, MayDefer), "ask_then cannot follow a deferred answer"
+    inbox = ref.actor_inbox
+    if type(inbox) is Mailbox and ref.is_alive():
+        try:
+            handled, answer = inbox.call(message)
+        except Exception as error:
+            done(None, error)
+            return
+        if handled:
+            done(answer, None)
+            return
+    if not ref.is_alive():
+        done(None, pykka.ActorDeadError(f"{ref} not found"))
+        return
+    # A dead actor answers the queued message with ActorDeadError (_fail_dead).
+    inbox.put(Envelope(message, reply_to=CallbackFuture(done)))
 
 
 class RuntimeActor(pykka.Actor):

@@ -1,4 +1,4 @@
-"""GroupActor: a node's local buckets, its peer table, and overflow routing.
+"""GroupActor: a node's peer table and overflow routing (serving peers is gobucket.serve).
 
 Local first (the facade tries the local bucket), then the peer with the most
 free room for that bucket by its latest load report minus what this node sent
@@ -23,30 +23,36 @@ from typing import TYPE_CHECKING, Any
 import pykka
 
 from gobucket._threads import tell_quietly
-from gobucket.actors.actor import RuntimeActor, call
-from gobucket.actors.messages import ChildFailed
-from gobucket.actors.remote import NotSentError, PeerLostError, RemoteGroupRef
-from gobucket.config import TaskType
+from gobucket.actors.actor import RuntimeActor
+from gobucket.actors.messages import (
+    ChildFailed,
+    Discovered,
+    DiscoveredCheck,
+    FillReplied,
+    GetPeers,
+    PeerChanged,
+    RouteFill,
+    StopGroup,
+)
 from gobucket.discovery.base import PeerDown, PeerEvent, PeerUp
 from gobucket.errors import (
-    BucketClosedError,
     BucketFullError,
     DuplicateTaskError,
     InvalidArgumentError,
     NoPeerAvailableError,
     PeerLostTaskError,
 )
-from gobucket.wire.frames import FrameDecoder, FrameError
-from gobucket.wire.protocol import RefusalCode
+from gobucket.types import PeerInfo, Placement
+from gobucket.wire.peer import NotSentError, Peer, PeerLostError
+from gobucket.wire.protocol import Ack, RefusalCode
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from gobucket.bucket import TaskBucket
     from gobucket.wire.connection import PeerHello
     from gobucket.wire.node import NetworkNode
 
-__all__ = ["GroupActor", "PeerInfo", "Placement"]
+__all__ = ["GroupActor", "ScheduleFailed"]
 
 logger = logging.getLogger("gobucket.group")
 
@@ -72,43 +78,11 @@ PEER_LOG_INTERVAL = 60.0
 logged when that starts, then at most once per this many seconds."""
 
 
-@dataclass(frozen=True, slots=True)
-class Placement:
-    """Where a task filled through a group now lives."""
-
-    local: bool
-    node: str
-    bucket: str
-    task_id: str
-    address: tuple[str, int] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PeerInfo:
-    """What a node knows of one peer."""
-
-    address: tuple[str, int]
-    node: str | None
-    up: bool
-    source: str
-    loads: dict[str, tuple[int, int]]
-    last_seen: float | None
-    buckets: tuple[str, ...] = ()
-    reason: str | None = None
-    """Why the peer is down (``None`` while it is up): "cannot connect: connection
-    refused", "handshake refused: ...", "missed 3 pings ...", "not connected yet"."""
-
-    def free(self, bucket: str) -> int | None:
-        """Free room in ``bucket`` by the latest report, or None if unknown."""
-        load = self.loads.get(bucket)
-        return None if load is None else max(0, load[1] - load[0])
-
-
 @dataclass
 class _Peer:
     address: tuple[str, int]
     source: str
-    ref: RemoteGroupRef
+    ref: Peer
     node: str | None = None
     up: bool = False
     loads: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -143,85 +117,12 @@ class _Route:
     last_error: BaseException | None = None
 
 
-# --- messages (frozen dataclasses, named for what happened) ---------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RouteFill:
-    """The local bucket was full: place this task on a peer (answered with a Placement)."""
-
-    bucket: str
-    task_id: str
-    wire: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class FillReplied:
-    """A peer answered (or failed) a FILL this node sent."""
-
-    route: int
-    address: tuple[str, int]
-    reply: Any
-
-
-@dataclass(frozen=True, slots=True)
-class PeerChanged:
-    """The network side saw a peer come up, go down, report load, or refuse us."""
-
-    address: tuple[str, int]
-    kind: str
-    payload: Any
-
-
-@dataclass(frozen=True, slots=True)
-class Discovered:
-    """A peer source reported a peer event."""
-
-    event: PeerEvent
-
-
-@dataclass(frozen=True, slots=True)
-class DiscoveredCheck:
-    """Timer: drop the discovered entry at ``address`` if it still has no link at ``due``."""
-
-    address: tuple[str, int]
-    due: float
-
-
-@dataclass(frozen=True, slots=True)
-class ServeFill:
-    """A peer asks this node to fill a task; answered (accepted, code, text)."""
-
-    peer: str
-    message: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class GetPeers:
-    """Snapshot the peer table."""
-
-    reentrant = True
-
-
-@dataclass(frozen=True, slots=True)
-class GetLoads:
-    """Each local bucket's [alive, max]."""
-
-    reentrant = True
-
-
-@dataclass(frozen=True, slots=True)
-class StopGroup:
-    """Stop dialling peers; fail routes still waiting."""
-
-
 class GroupActor(RuntimeActor):
-    """Owns a node's local buckets and peer table; routes overflow; serves remote fills."""
+    """Owns a node's peer table; routes the overflow of its local buckets to peers."""
 
     def __init__(
         self,
         node_id: str,
-        buckets: dict[str, TaskBucket],
         network: NetworkNode,
         ping_interval: float,
         on_failed: Callable[[], ScheduleFailed | None],
@@ -230,14 +131,12 @@ class GroupActor(RuntimeActor):
         super().__init__()
         self.supervisor_key = supervisor_key
         self.node_id = node_id
-        self.buckets = buckets
         self.network = network
         self.ping_interval = ping_interval
         self._on_failed = on_failed
         self.peers: dict[tuple[str, int], _Peer] = {}
         self.routes: dict[int, _Route] = {}
         self._route_ids = itertools.count(1)
-        self._decoder = FrameDecoder(network.max_frame)
         self._stopped = False
         # (address, node) of discovered entries dropped without ever connecting
         # -> (ignored until, backoff); see _give_up.
@@ -277,8 +176,6 @@ class GroupActor(RuntimeActor):
         if kind is FillReplied:
             self._on_reply(message)
             return None
-        if kind is ServeFill:
-            return self._serve_fill(message.message)
         if kind is PeerChanged:
             self._on_peer_changed(message)
             return None
@@ -290,8 +187,6 @@ class GroupActor(RuntimeActor):
             return None
         if kind is GetPeers:
             return [self._info(p) for p in self.peers.values()]
-        if kind is GetLoads:
-            return self._loads()
         if kind is StopGroup:
             self._stop_all()
             return None
@@ -342,19 +237,19 @@ class GroupActor(RuntimeActor):
             return
         reply = msg.reply
         peer = self.peers.get(msg.address)
-        accepted = isinstance(reply, dict) and bool(reply.get("ok"))
+        accepted = isinstance(reply, Ack) and reply.ok
         if peer is not None and not accepted and not isinstance(reply, PeerLostError):
             # It did not take the task: stop counting it against the peer's room.
             sent = peer.sent_since_report.get(route.bucket, 0)
             if sent > 0:
                 peer.sent_since_report[route.bucket] = sent - 1
-        if isinstance(reply, dict):
-            if reply.get("ok"):
+        if isinstance(reply, Ack):
+            if reply.ok:
                 node = peer.node if peer and peer.node else f"{msg.address[0]}:{msg.address[1]}"
                 route.reply.set(Placement(False, node, route.bucket, route.task_id, msg.address))
                 return
-            code = reply.get("code")
-            text = f"peer {msg.address[0]}:{msg.address[1]} refused: {code}: {reply.get('msg')}"
+            code = reply.code
+            text = f"peer {msg.address[0]}:{msg.address[1]} refused: {code}: {reply.text}"
             if code == RefusalCode.DUPLICATE:
                 self._finish(
                     msg.route,
@@ -402,55 +297,6 @@ class GroupActor(RuntimeActor):
             )
         route.reply.set_exception((type(error), error, None))
 
-    # serving -----------------------------------------------------------------------------
-    def _serve_fill(self, wire: dict[str, Any]) -> tuple[bool, str, str]:
-        name = wire["bucket"]
-        bucket = self.buckets.get(name)
-        if bucket is None:
-            return False, RefusalCode.NO_SUCH_BUCKET, f"no bucket named {name!r} here"
-        try:
-            raw = wire.get("data")
-            data = None if raw is None else self._decode_data(raw)
-            fill = bucket.prepare_fill(
-                TaskType(wire["type"]),
-                wire["id"],
-                data,
-                run_after=wire["run_after"],
-                life_span=wire["life_span"],
-            )
-            call(bucket.actor_ref, fill)
-        except DuplicateTaskError as error:
-            return False, RefusalCode.DUPLICATE, str(error)
-        except BucketFullError as error:
-            return False, RefusalCode.FULL, str(error)
-        except BucketClosedError as error:
-            return False, RefusalCode.CLOSED, str(error)
-        except (InvalidArgumentError, FrameError, ValueError) as error:
-            return False, RefusalCode.BAD_DATA, str(error)
-        except pykka.ActorDeadError:
-            return False, RefusalCode.CLOSED, f"bucket {name!r} is closed"
-        except Exception as error:  # never let a peer's fill break the server
-            logger.exception("serving a fill for %r failed", name)
-            return False, RefusalCode.INTERNAL, repr(error)
-        return True, "", ""
-
-    def _decode_data(self, raw: Any) -> Any:
-        if not isinstance(raw, bytes):
-            raise InvalidArgumentError("task data must be sent as msgpack bytes")
-        wrapped = self._decoder.decode_body(b"\x81\xa1d" + raw)  # {"d": <data>}
-        return wrapped["d"]
-
-    def _loads(self) -> dict[str, list[int]]:
-        loads: dict[str, list[int]] = {}
-        for name, bucket in self.buckets.items():
-            try:
-                if bucket.closed:  # a closed bucket takes nothing: report it full
-                    raise RuntimeError("closed")
-                loads[name] = [len(bucket), bucket.config.max_bucket]
-            except Exception:
-                loads[name] = [bucket.config.max_bucket, bucket.config.max_bucket]
-        return loads
-
     # peers ---------------------------------------------------------------------------------
     def _on_discovered(self, event: PeerEvent) -> None:
         """A peer source's report. For discovered peers (not the static list) it is a hint:
@@ -479,7 +325,7 @@ class GroupActor(RuntimeActor):
                 def events(kind: str, payload: Any) -> None:
                     tell_quietly(me, PeerChanged(address, kind, payload))
 
-                ref = RemoteGroupRef(self.network, address, events, self.ping_interval)
+                ref = Peer(self.network, address, events, self.ping_interval)
                 peer = _Peer(address, event.source, ref, node=event.node, buckets=event.buckets)
                 self.peers[address] = peer
                 ref.start()

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pykka
 
 from gobucket.actors.actor import MayDefer, Reentrant
 from gobucket.config import TaskType
 from gobucket.types import Outcome
+
+if TYPE_CHECKING:
+    from gobucket.discovery.base import PeerEvent
+    from gobucket.wire.protocol import Ack
 
 __all__ = [
     "Answer",
@@ -27,16 +31,23 @@ __all__ = [
     "CloseBucket",
     "Contains",
     "Count",
+    "Discovered",
+    "DiscoveredCheck",
     "Drain",
     "DrainTask",
     "Expire",
+    "FillReplied",
     "FillTask",
     "Fire",
+    "GetPeers",
     "GetStats",
     "Panic",
+    "PeerChanged",
     "RescueAll",
     "Retry",
+    "RouteFill",
     "Shed",
+    "StopGroup",
     "Supervise",
     "TaskEnded",
     "TaskFailed",
@@ -201,6 +212,61 @@ class AwaitEmpty(MayDefer):
 @dataclass(frozen=True, slots=True)
 class CloseBucket(Reentrant):
     """Refuse further fills."""
+
+
+# --- GroupActor -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RouteFill:
+    """The local bucket was full: place this task on a peer (answered with a Placement)."""
+
+    bucket: str
+    task_id: str
+    wire: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class FillReplied:
+    """A peer answered (or failed) a FILL this node sent."""
+
+    route: int
+    address: tuple[str, int]
+    reply: Ack | BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class PeerChanged:
+    """The network side saw a peer come up, go down, report load, or refuse us."""
+
+    address: tuple[str, int]
+    kind: str
+    payload: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Discovered:
+    """A peer source reported a peer event."""
+
+    event: PeerEvent
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveredCheck:
+    """Timer: drop the discovered entry at ``address`` if it still has no link at ``due``."""
+
+    address: tuple[str, int]
+    due: float
+
+
+@dataclass(frozen=True, slots=True)
+class GetPeers(Reentrant):
+    """Snapshot the peer table (answered with a list of PeerInfo)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StopGroup:
+    """Stop dialling peers; fail routes still waiting."""
 
 
 # --- RootSupervisor -------------------------------------------------------------

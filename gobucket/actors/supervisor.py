@@ -195,10 +195,14 @@ class Supervised(Generic[A]):
             self._retired = True
             self._swapped.notify_all()
 
-    def stop(self) -> None:
-        """Take the actor off supervision and stop it."""
+    def release(self) -> None:
+        """Take the actor off supervision (it keeps running; :meth:`ask` no longer waits)."""
         self.retire()
         call(self._supervisor, Unsupervise(self._key))
+
+    def stop(self) -> None:
+        """Take the actor off supervision and stop it."""
+        self.release()
         self._ref.stop()
 
     def _restarted(self, fresh: pykka.ActorRef[A], panics: list[Answer]) -> None:

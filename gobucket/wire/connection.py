@@ -26,6 +26,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from gobucket.wire import protocol
 from gobucket.wire.frames import (
     DEFAULT_MAX_FRAME,
     FrameDecoder,
@@ -44,13 +45,7 @@ from gobucket.wire.noise import (
     derive_psk,
     prologue,
 )
-from gobucket.wire.protocol import (
-    PROTOCOL_VERSION,
-    MessageType,
-    ProtocolError,
-    new_nonce,
-    validate,
-)
+from gobucket.wire.protocol import PROTOCOL_VERSION, MessageType, ProtocolError, validate
 
 __all__ = [
     "CLIENT",
@@ -215,7 +210,7 @@ class Connection:
         self.uncork()  # replies already made go out before the error
         if not self.closed:
             with contextlib.suppress(Exception):
-                self._write(encode_frame({"t": "error", "code": code, "msg": text[:200]}))
+                self._write(encode_frame(protocol.error(code, text)))
         self.close()
 
     def close(self) -> None:
@@ -314,17 +309,6 @@ async def handshake(
     return peer
 
 
-def _hello(me: Identity) -> dict[str, Any]:
-    return {
-        "t": "hello",
-        "v": PROTOCOL_VERSION,
-        "cluster": me.cluster,
-        "node": me.node,
-        "port": me.port,
-        "buckets": list(me.buckets),
-    }
-
-
 def _check_hello(
     hello: dict[str, Any], me: Identity, conn: Connection, check_self: bool = True
 ) -> PeerHello:
@@ -342,8 +326,7 @@ def _check_hello(
 
 
 async def _plain_handshake(conn: Connection, me: Identity, role: bytes) -> PeerHello:
-    # "nonce" is unused since version 2; a version-1 node needs it to report the version.
-    conn._send_handshake({**_hello(me), "nonce": new_nonce(), "auth": False})
+    conn._send_handshake(protocol.plain_hello(me.cluster, me.node, me.port, me.buckets))
     await conn.flush()
     hello = await conn.read()
     kind = hello["t"]
@@ -360,7 +343,7 @@ async def _plain_handshake(conn: Connection, me: Identity, role: bytes) -> PeerH
     if hello.get("auth") is True:
         raise ProtocolError("auth", "the peer requires a secret and this node has none")
     if role == SERVER:
-        conn._send_handshake({"t": "ready"})
+        conn._send_handshake(protocol.ready())
         await conn.flush()
     else:
         ready = await conn.read()
@@ -416,10 +399,10 @@ async def _noise_handshake(conn: Connection, me: Identity, secret: bytes, role: 
         psk=derive_psk(secret, me.cluster),
         prologue=prologue(PROTOCOL_VERSION, me.cluster),
     )
-    payload = pack(_hello(me))
+    payload = pack(protocol.hello(me.cluster, me.node, me.port, me.buckets))
 
     def noise_frame(message: bytes) -> dict[str, Any]:
-        return {"t": "noise", "v": PROTOCOL_VERSION, "cluster": me.cluster, "m": message}
+        return protocol.noise(me.cluster, message)
 
     if role == CLIENT:
         # 1. -> psk, e   (our HELLO, readable only with the cluster key)
@@ -439,7 +422,7 @@ async def _noise_handshake(conn: Connection, me: Identity, secret: bytes, role: 
         conn._start_encryption(send, receive)
         peer = _check_hello(_decode_hello(their_payload), me, conn)
         # 3. the first record, READY, proves to the server that we hold the keys
-        conn.send({"t": "ready"})
+        conn.send(protocol.ready())
         await conn.flush()
         return peer
 

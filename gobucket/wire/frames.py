@@ -134,8 +134,29 @@ class FrameDecoder:
         built (at least 1,024): a frame of a million empty arrays is refused
         after a few milliseconds instead of costing the loop a third of a second.
         """
+        value = self._unpack(body, 0)
+        if not isinstance(value, dict):
+            raise FrameError(f"a frame must hold a map, not {type(value).__name__}")
+        _check_depth(value)
+        return value
+
+    def decode_value(self, body: bytes) -> Any:
+        """Decode one msgpack value carried inside a message (a FILL's task data).
+
+        The limits are those of :meth:`decode_body` for the value as the field
+        of a one-field map (one container fewer, nesting counted from depth 1),
+        so what a peer may send did not change when the data stopped being
+        decoded wrapped in such a map.
+        """
+        value = self._unpack(body, 1)
+        if isinstance(value, dict | list):
+            _check_depth(value, 1)
+        return value
+
+    def _unpack(self, body: bytes, reserved: int) -> Any:
+        """msgpack-decode ``body`` within the limits; ``reserved`` containers are not available."""
         limit = self.max_frame
-        left = max(MIN_CONTAINERS, int(limit * CONTAINERS_PER_BYTE))
+        left = max(MIN_CONTAINERS, int(limit * CONTAINERS_PER_BYTE)) - reserved
 
         def counted(container: Any) -> Any:
             nonlocal left
@@ -147,7 +168,7 @@ class FrameDecoder:
             return container
 
         try:
-            value = msgpack.unpackb(
+            return msgpack.unpackb(
                 body,
                 raw=False,
                 strict_map_key=False,
@@ -165,7 +186,3 @@ class FrameDecoder:
             raise
         except Exception as error:  # msgpack raises several types, all mean "malformed"
             raise FrameError(f"malformed msgpack: {error.__class__.__name__}: {error}") from None
-        if not isinstance(value, dict):
-            raise FrameError(f"a frame must hold a map, not {type(value).__name__}")
-        _check_depth(value)
-        return value

@@ -1,9 +1,11 @@
-"""A node's network side: one asyncio loop thread, the listening server, outbound refs.
+"""A node's network side: one asyncio loop thread and the listening server.
 
-Actors never touch sockets: the GroupActor hands requests to this loop with
-``call_soon_threadsafe`` and hears back by message. Each inbound connection is
-served by its own coroutine; a peer that sends garbage, too much, or the wrong
-secret is disconnected and nobody else notices.
+Actors never touch sockets: the GroupActor hands requests to this loop (through
+each :class:`~gobucket.wire.peer.Peer`) with ``call_soon_threadsafe`` and hears
+back by message. Each inbound connection is served by its own coroutine; what it
+answers comes from a :class:`ServeHandler`, which never makes the loop wait. A
+peer that sends garbage, too much, or the wrong secret is disconnected and
+nobody else notices.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from typing import Any, Protocol
 
 from gobucket._ratelimit import RateLimitedLog
 from gobucket._threads import mark_runtime_thread
+from gobucket.wire import protocol
 from gobucket.wire.connection import SERVER, Connection, Identity, PeerHello, handshake
 from gobucket.wire.frames import DEFAULT_MAX_FRAME, FrameError
-from gobucket.wire.protocol import MessageType, ProtocolError
+from gobucket.wire.protocol import ProtocolError
 
 __all__ = [
     "MAX_UNAUTHENTICATED",
@@ -77,14 +80,20 @@ class _Inbound:
 
 
 class ServeHandler(Protocol):
-    """What the server asks of the group it serves."""
+    """What the server asks of the node it serves (:class:`gobucket.serve.BucketServer`)."""
 
     def loads(self) -> dict[str, list[int]]:
         """Each local bucket's ``[alive, max]``."""
         ...
 
-    def serve_fill(self, peer: PeerHello, message: dict[str, Any]) -> tuple[bool, str, str]:
-        """Fill a task sent by ``peer``; return ``(accepted, refusal code, text)``."""
+    def serve_fill(
+        self, peer: PeerHello, fill: protocol.Fill, answer: Callable[[bool, str, str], None]
+    ) -> None:
+        """Fill a task sent by ``peer``; call ``answer(accepted, refusal code, text)``.
+
+        It must not wait: ``answer`` may be called before it returns, or later
+        from any thread (the reply then goes out from the loop).
+        """
         ...
 
     def allow(self, host: str) -> bool:
@@ -423,6 +432,17 @@ class NetworkNode:
             return
         await self._serve_requests(conn, peer)
 
+    def _answerer(self, conn: Connection, rid: int) -> Callable[[bool, str, str], None]:
+        """What sends the ACK of FILL ``rid``: at once on the loop, else from the loop soon."""
+
+        def answer(ok: bool, code: str, text: str) -> None:
+            if threading.current_thread() is self._thread:
+                _send_answer(conn, rid, ok, code, text)
+            else:  # the bucket's actor replied on its own thread
+                self.call_soon(_send_answer, conn, rid, ok, code, text)
+
+        return answer
+
     async def _serve_requests(self, conn: Connection, peer: PeerHello) -> None:
         """After the handshake: answer FILLs and PINGs until the connection ends.
 
@@ -443,21 +463,17 @@ class NetworkNode:
                 return
             if record is not None:
                 record.messages += 1
-            kind = message["t"]
+            request = protocol.parse(message)
             conn.cork()  # replies to a batch of pipelined requests go out together
-            if kind == MessageType.FILL:
-                ok, code, text = handler.serve_fill(peer, message)
-                reply: dict[str, Any] = {"t": "ack", "rid": message["rid"], "ok": ok}
-                if not ok:
-                    reply["code"] = code
-                    reply["msg"] = text
-                conn.send(reply)
-            elif kind == MessageType.PING:
-                conn.send({"t": "pong", "seq": message["seq"], "loads": handler.loads()})
-            elif kind == MessageType.ERROR:
-                logger.info("peer %s closed: %s", peer.node, message.get("msg"))
+            if type(request) is protocol.Fill:
+                handler.serve_fill(peer, request, self._answerer(conn, request.rid))
+            elif type(request) is protocol.Ping:
+                conn.send(protocol.pong(request.seq, handler.loads()))
+            elif type(request) is protocol.Error:
+                logger.info("peer %s closed: %s", peer.node, request.text)
                 return
             else:
+                kind = message["t"]
                 conn.fail("unexpected", f"{kind!r} is not expected from a client")
                 return
             if not conn._ready:
@@ -466,3 +482,9 @@ class NetworkNode:
                     await conn.flush()
                 except (ConnectionError, OSError):
                     return
+
+
+def _send_answer(conn: Connection, rid: int, ok: bool, code: str, text: str) -> None:
+    """Send the ACK of FILL ``rid`` (on the loop), unless the connection closed meanwhile."""
+    if not conn.closed:
+        conn.send(protocol.ack(rid) if ok else protocol.refusal(rid, code, text))

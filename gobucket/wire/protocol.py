@@ -1,22 +1,48 @@
-"""The messages of the group protocol and their validation.
+"""The messages of the group protocol: built, validated and parsed here only.
 
 Every frame is a map with a type under ``"t"``. The full protocol is written
-down in ``docs/wire.md``; this module is its single source of truth in code.
-The cryptography of the handshake is in :mod:`gobucket.wire.noise`.
+down in ``docs/wire.md``; this module is its single source of truth in code:
+every message a node sends is made by one of the builders below (``hello``,
+``noise``, ``ready``, ``ping``, ``pong``, ``fill``, ``ack``, ``refusal``,
+``error``), and every message read after the handshake is turned into a typed
+value by :func:`parse`. The cryptography of the handshake is in
+:mod:`gobucket.wire.noise`.
 """
 
 from __future__ import annotations
 
 import enum
 import os
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
+
+from gobucket.wire.frames import FrameDecoder
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "Ack",
+    "Error",
+    "Fill",
+    "Message",
     "MessageType",
+    "Ping",
+    "Pong",
     "ProtocolError",
     "RefusalCode",
+    "ack",
+    "error",
+    "fill",
+    "fill_data",
+    "hello",
     "new_nonce",
+    "noise",
+    "parse",
+    "ping",
+    "plain_hello",
+    "pong",
+    "ready",
+    "refusal",
     "validate",
 ]
 
@@ -105,3 +131,192 @@ def validate(message: dict[str, Any]) -> MessageType:
 def new_nonce() -> bytes:
     """16 fresh random bytes (the plaintext HELLO's ``nonce``, kept for version-1 nodes)."""
     return os.urandom(16)
+
+
+MAX_ERROR_TEXT = 200
+"""Characters of an ERROR frame's text that are sent (the rest is cut off)."""
+
+
+# --- builders (a dict per message; keys in the order they go on the wire) ----------------
+
+
+def hello(cluster: str, node: str, port: int, buckets: Iterable[str]) -> dict[str, Any]:
+    """HELLO: who this node is (inside the Noise handshake, or in clear without a secret)."""
+    return {
+        "t": MessageType.HELLO.value,
+        "v": PROTOCOL_VERSION,
+        "cluster": cluster,
+        "node": node,
+        "port": port,
+        "buckets": list(buckets),
+    }
+
+
+def plain_hello(cluster: str, node: str, port: int, buckets: Iterable[str]) -> dict[str, Any]:
+    """The plaintext HELLO of a node without a secret.
+
+    ``nonce`` is unused since version 2; a version-1 node needs it to report the version.
+    """
+    return {**hello(cluster, node, port, buckets), "nonce": new_nonce(), "auth": False}
+
+
+def noise(cluster: str, handshake_message: bytes) -> dict[str, Any]:
+    """NOISE: one Noise handshake message (its payload is the sender's HELLO)."""
+    return {
+        "t": MessageType.NOISE.value,
+        "v": PROTOCOL_VERSION,
+        "cluster": cluster,
+        "m": handshake_message,
+    }
+
+
+def ready() -> dict[str, Any]:
+    """READY: the handshake is done."""
+    return {"t": MessageType.READY.value}
+
+
+def ping() -> dict[str, Any]:
+    """PING asking for the peer's loads (its ``seq`` is added when it is sent)."""
+    return {"t": MessageType.PING.value}
+
+
+def pong(seq: int, loads: dict[str, list[int]]) -> dict[str, Any]:
+    """PONG: the answer to PING ``seq``, with each bucket's ``[alive, max]``."""
+    return {"t": MessageType.PONG.value, "seq": seq, "loads": loads}
+
+
+def fill(
+    bucket: str,
+    task_id: str,
+    packed_data: bytes,
+    task_type: str,
+    run_after: float,
+    life_span: float,
+) -> dict[str, Any]:
+    """FILL asking a peer to take a task (its ``rid`` is added when it is sent).
+
+    ``packed_data`` is the task's data, msgpack-encoded once by the sender.
+    """
+    return {
+        "t": MessageType.FILL.value,
+        "bucket": bucket,
+        "id": task_id,
+        "data": packed_data,
+        "type": task_type,
+        "run_after": run_after,
+        "life_span": life_span,
+    }
+
+
+def ack(rid: int) -> dict[str, Any]:
+    """ACK: the FILL ``rid`` was accepted."""
+    return {"t": MessageType.ACK.value, "rid": rid, "ok": True}
+
+
+def refusal(rid: int, code: str, text: str) -> dict[str, Any]:
+    """A negative ACK: the FILL ``rid`` was refused (``code`` is a :class:`RefusalCode`)."""
+    return {"t": MessageType.ACK.value, "rid": rid, "ok": False, "code": code, "msg": text}
+
+
+def error(code: str, text: str) -> dict[str, Any]:
+    """ERROR: the sender closes the connection, and says why."""
+    return {"t": MessageType.ERROR.value, "code": code, "msg": text[:MAX_ERROR_TEXT]}
+
+
+# --- parsed messages (what is read after the handshake) -----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """A PING: answer with a PONG of the same ``seq``."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """A PONG: the peer's loads, bucket name to ``[alive, max]``."""
+
+    seq: int
+    loads: dict[str, list[int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """A FILL: a peer asks this node to take a task.
+
+    ``data`` is as sent: msgpack bytes (decode it with :func:`fill_data`), or
+    ``None`` for no data; anything else is refused when it is decoded.
+    """
+
+    rid: int
+    bucket: str
+    task_id: str
+    task_type: str
+    run_after: float
+    life_span: float
+    data: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """An ACK: the FILL ``rid`` was accepted (``ok``), or refused with ``code`` and ``text``."""
+
+    rid: int
+    ok: bool
+    code: Any = None
+    text: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """An ERROR: the peer closes the connection."""
+
+    code: str
+    text: str
+
+
+Message = Ping | Pong | Fill | Ack | Error
+"""What :func:`parse` returns."""
+
+
+def parse(message: dict[str, Any]) -> Message | None:
+    """The typed value of a message read after the handshake (already :func:`validate`-d).
+
+    ``None`` for a handshake message (HELLO, NOISE, READY): none belongs there, and
+    the reader says so in its own words (it knows whether it is the client or the server).
+    """
+    kind = message["t"]
+    if kind == MessageType.FILL:
+        return Fill(
+            message["rid"],
+            message["bucket"],
+            message["id"],
+            message["type"],
+            message["run_after"],
+            message["life_span"],
+            message.get("data"),
+        )
+    if kind == MessageType.ACK:
+        return Ack(message["rid"], message["ok"], message.get("code"), message.get("msg"))
+    if kind == MessageType.PING:
+        return Ping(message["seq"])
+    if kind == MessageType.PONG:
+        return Pong(message["seq"], message["loads"])
+    if kind == MessageType.ERROR:
+        return Error(message["code"], message["msg"])
+    return None
+
+
+def fill_data(data: Any, decoder: FrameDecoder) -> Any:
+    """Decode a FILL's task data (msgpack bytes, or ``None``) with the distrustful decoder.
+
+    Raises:
+        ValueError: the data is not bytes.
+        FrameError: the bytes are not one msgpack value within the decoder's limits.
+    """
+    if data is None:
+        return None
+    if not isinstance(data, bytes):
+        raise ValueError("task data must be sent as msgpack bytes")
+    return decoder.decode_value(data)

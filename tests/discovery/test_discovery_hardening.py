@@ -264,14 +264,14 @@ def test_mdns_addresses_join_the_no_secret_allow_list_only_when_insecure(
     announced = PeerUp(("10.9.8.7", 7000), "mdns", node="x", cluster="default")
     static = TaskBucketGroup({BUCKET: cluster.bucket()}, port=0, peers=["10.1.1.1:7000"])
     static._on_peer_event(announced)
-    assert not static.allow("10.9.8.7")  # today's hole, closed
-    assert static.allow("10.1.1.1")  # a static peer list keeps its allow list
+    assert not static._server.allow("10.9.8.7")  # today's hole, closed
+    assert static._server.allow("10.1.1.1")  # a static peer list keeps its allow list
     # A source the user configured (not mDNS) still allow-lists what it reports.
     static._on_peer_event(PeerUp(("10.9.8.6", 7000), "consul", node="y", cluster="default"))
-    assert static.allow("10.9.8.6")
+    assert static._server.allow("10.9.8.6")
     insecure = TaskBucketGroup({BUCKET: cluster.bucket()}, port=0, discovery=True, insecure=True)
     insecure._on_peer_event(announced)
-    assert insecure.allow("10.9.8.7")
+    assert insecure._server.allow("10.9.8.7")
 
 
 # --- a goodbye or an address change does not remove a live peer -----------------------------

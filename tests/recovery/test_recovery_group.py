@@ -91,7 +91,7 @@ def test_failed_group_actor_is_restarted_and_overflow_goes_on(monkeypatch):
     try:
         assert wait_until(lambda: any(p.up and p.loads for p in a.peers()))
         a.fill("jobs", "local", None, task_type=TaskType.TIME_BOMB, run_after=10)
-        old = a._ref
+        old = a._group.ref
         original = group_module.GroupActor._on_peer_changed
         crashed = threading.Event()
 
@@ -103,7 +103,7 @@ def test_failed_group_actor_is_restarted_and_overflow_goes_on(monkeypatch):
 
         monkeypatch.setattr(group_module.GroupActor, "_on_peer_changed", faulty)
         assert crashed.wait(WAIT)
-        assert wait_until(lambda: a._ref is not old)
+        assert wait_until(lambda: a._group.ref is not old)
         # The fresh GroupActor re-learned its peer and routes overflow again.
         assert wait_until(lambda: any(p.up and p.loads for p in a.peers()))
         placement = a.fill("jobs", "over", None, task_type=TaskType.TIME_BOMB, run_after=10)

@@ -30,7 +30,7 @@ from helpers.cluster import BUCKET, HOLD, Cluster, free_port, hold, peer_info, w
 from helpers.waiting import WAIT, outcome, wait_until
 
 from gobucket import NoPeerAvailableError, Placement, TaskBucketGroup
-from gobucket.actors import remote
+from gobucket.wire import peer
 from gobucket.wire.node import MAX_UNAUTHENTICATED, SILENCE_PINGS
 
 MiB = 1 << 20
@@ -410,8 +410,8 @@ def test_accept_failing_with_emfile_logs_once_and_recovers(cluster: Cluster) -> 
 
 def dial_attempts(group: TaskBucketGroup, address: tuple[str, int]) -> int:
     """How many times ``group`` has dialled ``address`` (1 while the first link holds)."""
-    assert group._ref is not None
-    actor = group._ref.actor_inbox._actor  # type: ignore[attr-defined]
+    assert group._group is not None
+    actor = group._group.ref.actor_inbox._actor  # type: ignore[attr-defined]
     return int(actor.peers[address].ref.attempts)
 
 
@@ -457,7 +457,7 @@ def test_an_inbound_connection_that_goes_silent_is_closed_after_a_few_ping_inter
 def test_fills_beyond_the_in_flight_limit_are_not_sent(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(remote, "MAX_IN_FLIGHT_PER_PEER", 2)
+    monkeypatch.setattr(peer, "MAX_IN_FLIGHT_PER_PEER", 2)
     node = ChildNode("--max", "100")
     try:
         # Pings once a minute: the stopped peer is not marked down during the test.

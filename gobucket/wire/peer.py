@@ -1,9 +1,9 @@
-"""RemoteGroupRef: the ref of a GroupActor on another node, carried over the wire.
+"""Peer: one outbound link to another node of the group.
 
 It dials the peer (and re-dials with backoff), authenticates, pings it for its
-load, and carries requests: :meth:`ask` returns a pykka future answered by the
-peer's reply; :meth:`request` calls back on the network loop instead (what the
-local GroupActor uses, so that it never waits on a socket).
+load, and carries pipelined requests: :meth:`Peer.request` calls back on the
+network loop with the reply (the GroupActor hears of it by message, so it never
+waits on a socket). It holds no actor.
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import pykka
-
-from gobucket.actors._future import LatchFuture
+from gobucket.wire import protocol
 from gobucket.wire.connection import CLIENT, Connection, PeerHello, handshake
 from gobucket.wire.frames import FrameError
 from gobucket.wire.protocol import MessageType, ProtocolError
@@ -28,7 +26,7 @@ from gobucket.wire.protocol import MessageType, ProtocolError
 if TYPE_CHECKING:
     from gobucket.wire.node import NetworkNode
 
-__all__ = ["MAX_IN_FLIGHT_PER_PEER", "NotSentError", "PeerLostError", "RemoteGroupRef"]
+__all__ = ["MAX_IN_FLIGHT_PER_PEER", "NotSentError", "Peer", "PeerLostError"]
 
 logger = logging.getLogger("gobucket.wire")
 
@@ -40,7 +38,7 @@ than the room the peer last reported (see ``docs/group.md``, *Limits*)."""
 CONNECT_TIMEOUT = 3.0
 """Seconds a TCP connect to a peer may take."""
 
-Reply = dict[str, Any] | BaseException
+Reply = protocol.Ack | BaseException
 ReplyCallback = Callable[[Reply], None]
 
 
@@ -52,8 +50,8 @@ class NotSentError(ConnectionError):
     """The request was never written to the peer (it was down): safe to send elsewhere."""
 
 
-class RemoteGroupRef:
-    """A GroupActor on another node, reached over one outbound connection.
+class Peer:
+    """Another node of the group, reached over one outbound connection.
 
     Args:
         node: this node's network side (loop, identity, secret).
@@ -90,12 +88,7 @@ class RemoteGroupRef:
 
     def __repr__(self) -> str:
         node = self.hello.node if self.hello else "?"
-        return f"<RemoteGroupRef {self.address[0]}:{self.address[1]} node={node}>"
-
-    @property
-    def is_up(self) -> bool:
-        """Connected and authenticated."""
-        return self._conn is not None and not self._conn.closed
+        return f"<Peer {self.address[0]}:{self.address[1]} node={node}>"
 
     # life ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -118,23 +111,6 @@ class RemoteGroupRef:
             self._conn.close()
 
     # requests ----------------------------------------------------------------------------
-    def tell(self, message: dict[str, Any]) -> None:
-        """Send ``message`` with no reply expected (dropped if the peer is down)."""
-        self.node.call_soon(self._send_oneway, message)
-
-    def ask(self, message: dict[str, Any]) -> pykka.Future[Any]:
-        """Send ``message`` and return a pykka future of the peer's reply."""
-        future: LatchFuture[Any] = LatchFuture()
-
-        def done(reply: Reply) -> None:
-            if isinstance(reply, BaseException):
-                future.set_exception((type(reply), reply, None))
-            else:
-                future.set(reply)
-
-        self.request(message, done)
-        return future
-
     def request(self, message: dict[str, Any], callback: ReplyCallback) -> None:
         """Send a FILL or PING; ``callback`` gets the reply or an error, on the loop thread.
 
@@ -159,11 +135,6 @@ class RemoteGroupRef:
         finally:
             if conn is not None:
                 conn.uncork()
-
-    def _send_oneway(self, message: dict[str, Any]) -> None:
-        conn = self._conn
-        if conn is not None and not conn.closed:
-            conn.send(message)
 
     def _send_request(self, message: dict[str, Any], callback: ReplyCallback) -> None:
         conn = self._conn
@@ -268,18 +239,19 @@ class RemoteGroupRef:
                 return f"bad frame: {error}"
             except (ConnectionError, OSError) as error:
                 return str(error) or "connection closed"
-            kind = message["t"]
-            if kind == MessageType.ACK:
-                callback = self._pending.pop(message["rid"], None)
+            reply = protocol.parse(message)
+            if type(reply) is protocol.Ack:
+                callback = self._pending.pop(reply.rid, None)
                 if callback is not None:
-                    callback(message)
-            elif kind == MessageType.PONG:
+                    callback(reply)
+            elif type(reply) is protocol.Pong:
                 self._missed = 0
-                self._pending.pop(message["seq"], None)
-                self.events("load", message["loads"])
-            elif kind == MessageType.ERROR:
-                return f"peer error: {message.get('code')}: {message.get('msg')}"
+                self._pending.pop(reply.seq, None)
+                self.events("load", reply.loads)
+            elif type(reply) is protocol.Error:
+                return f"peer error: {reply.code}: {reply.text}"
             else:
+                kind = message["t"]
                 conn.fail("unexpected", f"{kind!r} is not expected from a server")
                 return f"unexpected {kind!r}"
 
@@ -292,7 +264,7 @@ class RemoteGroupRef:
                 conn.close()
                 return
             self._missed += 1
-            self._send_request({"t": "ping"}, _ignore)
+            self._send_request(protocol.ping(), _ignore)
             try:
                 await conn.flush()
             except (ConnectionError, OSError):
