@@ -13,7 +13,10 @@ from typing import Any
 
 import msgpack
 import pytest
-from group_helpers import BUCKET, WAIT, Cluster, RawPeer, RecordingExecutor, hold, wait_until
+from helpers.cluster import BUCKET, Cluster, hold
+from helpers.raw_peer import RawPeer
+from helpers.recording import RecordingExecutor
+from helpers.waiting import WAIT, wait_until
 
 from gobucket import TaskBucket
 from gobucket.serve import BucketServer
