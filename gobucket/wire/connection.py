@@ -359,6 +359,20 @@ def _check_version(message: dict[str, Any]) -> None:
         raise ProtocolError("version", f"protocol version {message['v']} is not {PROTOCOL_VERSION}")
 
 
+async def _read_handshake(conn: Connection, me: Identity, state: Handshake) -> bytes:
+    """Read the peer's handshake message and open it: its payload, or ``auth`` refused."""
+    message = await _read_noise(conn, me)
+    try:
+        payload: bytes = state.read_message(message)
+    except HandshakeError:
+        raise ProtocolError(
+            "auth",
+            "the peer could not prove the cluster secret "
+            "(another secret, or the handshake was tampered with)",
+        ) from None
+    return payload
+
+
 async def _read_noise(conn: Connection, me: Identity) -> bytes:
     """The peer's NOISE frame (its handshake message), or the reason there is none."""
     message = await conn.read()
@@ -409,15 +423,7 @@ async def _noise_handshake(conn: Connection, me: Identity, secret: bytes, role: 
         conn._send_handshake(noise_frame(state.write_message(payload)))
         await conn.flush()
         # 2. <- e, ee    (the server's HELLO: it proves the key, for this handshake only)
-        message = await _read_noise(conn, me)
-        try:
-            their_payload = state.read_message(message)
-        except HandshakeError:
-            raise ProtocolError(
-                "auth",
-                "the peer could not prove the cluster secret "
-                "(another secret, or the handshake was tampered with)",
-            ) from None
+        their_payload = await _read_handshake(conn, me, state)
         send, receive = state.split()
         conn._start_encryption(send, receive)
         peer = _check_hello(_decode_hello(their_payload), me, conn)
@@ -427,15 +433,7 @@ async def _noise_handshake(conn: Connection, me: Identity, secret: bytes, role: 
         return peer
 
     # 1. -> psk, e
-    message = await _read_noise(conn, me)
-    try:
-        their_payload = state.read_message(message)
-    except HandshakeError:
-        raise ProtocolError(
-            "auth",
-            "the peer could not prove the cluster secret "
-            "(another secret, or the handshake was tampered with)",
-        ) from None
+    their_payload = await _read_handshake(conn, me, state)
     # A recorded first message can be replayed: nothing is trusted before step 3.
     peer = _check_hello(_decode_hello(their_payload), me, conn, check_self=False)
     # 2. <- e, ee
