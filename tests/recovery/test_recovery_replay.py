@@ -374,10 +374,7 @@ def test_replay_into_a_group_fills_each_task_into_its_bucket(make_bucket, tmp_pa
         assert sink.read() == []
         assert sorted(t for t in ("s0", "s1", "s2", "s3") if t in sms) == left
     finally:
-        stopper = threading.Thread(target=group.stop, daemon=True)
-        stopper.start()
-        stopper.join(WAIT)
-        assert not stopper.is_alive(), "group.stop() hung"
+        stop_in_time(group)
 
 
 def test_replay_into_a_group_ends_an_expired_task_in_its_own_bucket(make_bucket, tmp_path):
@@ -398,10 +395,7 @@ def test_replay_into_a_group_ends_an_expired_task_in_its_own_bucket(make_bucket,
         assert "s0" in sms and "s1" in sms and len(mail) == 0
         assert sink.read() == []
     finally:
-        stopper = threading.Thread(target=group.stop, daemon=True)
-        stopper.start()
-        stopper.join(WAIT)
-        assert not stopper.is_alive(), "group.stop() hung"
+        stop_in_time(group)
 
 
 def test_replay_from_redis(make_bucket, redis_url):
@@ -453,3 +447,11 @@ def test_replay_works_with_any_sink_following_the_protocol(make_bucket):
     bucket = make_bucket()
     assert replay(sink, bucket) == 5
     assert sink.tasks == []
+
+
+def stop_in_time(group: TaskBucketGroup) -> None:
+    """Stop ``group`` on another thread and fail (not hang) if that takes over WAIT."""
+    stopper = threading.Thread(target=group.stop, daemon=True)
+    stopper.start()
+    stopper.join(WAIT)
+    assert not stopper.is_alive(), "group.stop() hung"
