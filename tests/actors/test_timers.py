@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from helpers.waiting import WAIT
+from helpers.waiting import WAIT, run_threads
 
 import gobucket._threads as threads_module
 from gobucket.actors.actor import RuntimeActor
@@ -108,11 +108,7 @@ def test_concurrent_schedules_and_cancels_deliver_exactly_the_kept_timers(timers
             if i % 2 == 0:
                 timers.cancel(timer)
 
-    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(WAIT)
+    run_threads(work, 4)
     timers.schedule(time.monotonic() + 0.1, ref, "sentinel")
     kept = {(w, i) for w in range(4) for i in range(100) if i % 2}
     assert wait_for(kept | {"sentinel"})

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 from helpers.recording import Recorder, RecordingExecutor
-from helpers.waiting import WAIT
+from helpers.waiting import WAIT, run_threads
 
 import gobucket
 from gobucket import (
@@ -219,11 +219,7 @@ def test_concurrent_fills_of_one_id_accept_exactly_one(make_bucket, recorder):
         with lock:
             results.append(outcome)
 
-    threads = [threading.Thread(target=fill, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(WAIT)
+    run_threads(fill, 8)
     assert sorted(results) == ["dup"] * 7 + ["ok"]
     release.set()
     assert bucket.join(WAIT)
@@ -267,11 +263,7 @@ def test_concurrent_fills_never_exceed_max_bucket(make_bucket, recorder):
                 with lock:
                     accepted.append(task_id)
 
-    threads = [threading.Thread(target=fill, args=(w,)) for w in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(WAIT)
+    run_threads(fill, 6)
     assert len(accepted) == 30
     assert len(refused) == 60
     assert len(bucket) == 30

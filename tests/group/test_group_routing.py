@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from helpers.cluster import BUCKET, HOLD, Cluster, free_port, hold, wait_peer_load, wait_peer_up
-from helpers.waiting import WAIT, outcome
+from helpers.waiting import WAIT, outcome, run_threads
 
 from gobucket import (
     NoPeerAvailableError,
@@ -171,11 +171,7 @@ def test_bursts_from_several_threads_place_every_task_exactly_once(cluster: Clus
             with lock:
                 futures[task_id] = future
 
-    threads = [threading.Thread(target=submit, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(WAIT)
+    run_threads(submit, 4)
     assert len(futures) == 60
     seen = _accounting(futures, {"B": trio.b_bucket, "C": trio.c_bucket}, trio.a_bucket, trio.names)
     assert seen == {"B": 20, "C": 10, "raised": 30}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -50,3 +51,13 @@ def outcome(future: pykka.Future[Any], timeout: float = WAIT) -> Any:
         raise AssertionError(f"a fill future did not resolve within {timeout}s") from None
     except Exception as error:
         return error
+
+
+def run_threads(target: Callable[[int], Any], count: int, timeout: float = WAIT) -> None:
+    """Run ``target(0)`` ... ``target(count - 1)`` on threads at once; fail if one hangs."""
+    threads = [threading.Thread(target=target, args=(n,), daemon=True) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    assert not any(thread.is_alive() for thread in threads), "a thread did not finish in time"

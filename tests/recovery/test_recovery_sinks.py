@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from helpers import rescue_child
 from helpers.redis_server import start_redis, stop_redis
+from helpers.waiting import run_threads
 
 import gobucket
 from gobucket import JsonlRescueSink, RedisRescueSink, RescuedTask, TaskType
@@ -213,11 +214,7 @@ def test_jsonl_concurrent_writers_lose_nothing(tmp_path):
         except BaseException as error:  # pragma: no cover - reported below
             errors.append(error)
 
-    threads = [threading.Thread(target=writer, args=(w,)) for w in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(WAIT)
+    run_threads(writer, 6)
     assert not errors
     ids = [t.task_id for t in sink.read()]
     assert len(ids) == 6 * 20 * 3
