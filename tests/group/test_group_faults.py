@@ -61,6 +61,11 @@ def full_node(cluster: Cluster, *peers: tuple[str, int], **kwargs: Any) -> TaskB
     return group
 
 
+def is_up(group: TaskBucketGroup, address: tuple[str, int]) -> bool:
+    info = peer_info(group, address)
+    return info is not None and info.up
+
+
 def reports_of(group: TaskBucketGroup) -> Reports:
     reports = group.on_peer_schedule_failed
     assert isinstance(reports, Reports)
@@ -185,6 +190,8 @@ def test_a_peer_answering_garbage_is_dropped_and_its_fill_fails(
     result = outcome(group.fill_async(BUCKET, "garbled", None, **HOLD))
     assert isinstance(result, PeerLostTaskError), repr(result)
     assert "garbled" not in b_bucket
+    # The fill fails as the link drops; the GroupActor learns of it by message.
+    wait_until(lambda: not is_up(group, bad.address), what="the garbling peer is down")
     # the good peer is unaffected and takes the next one
     placement = group.fill(BUCKET, "next", None, **HOLD, timeout=WAIT)
     assert placement.node == b.node_id
