@@ -625,6 +625,19 @@ def _n(section: str, key: str = "n") -> Callable[[dict[str, dict[str, Any]]], An
 
 
 Metric = Callable[[dict[str, dict[str, Any]]], float | None]
+
+
+def _against(section: str, key: str, ours: Metric, lower_is_better: bool = False) -> dict[str, Any]:
+    """A row's peer value (``key`` of ``section``) and gobucket's advantage over it."""
+
+    def peer(r: dict[str, dict[str, Any]]) -> float | None:
+        return get(r[section], key)
+
+    if lower_is_better:
+        return {"peer_value": peer, "ratio": lambda r: div(peer(r), ours(r))}
+    return {"peer_value": peer, "ratio": lambda r: div(ours(r), peer(r))}
+
+
 NAIVE = "naive: ThreadingActor per task"
 
 # One table row per entry: the figure, gobucket's value, a peer, the advantage (computed
@@ -637,8 +650,7 @@ FIGURES: list[dict[str, Any]] = [
         "fmt": fmt_rate,
         "peer": "ThreadPoolExecutor(16) submit + done callback",
         "peer_n": _n("imm_threadpool"),
-        "peer_value": lambda r: get(r["imm_threadpool"], "rate"),
-        "ratio": lambda r: div(_imm_rate(r), get(r["imm_threadpool"], "rate")),
+        **_against("imm_threadpool", "rate", _imm_rate),
         "target": f"≥ {TARGET_IMM_VS_THREADPOOL:.1f}x ThreadPoolExecutor",
         "on": "ratio",
         "ok": lambda x: x >= TARGET_IMM_VS_THREADPOOL,
@@ -649,8 +661,7 @@ FIGURES: list[dict[str, Any]] = [
         "fmt": fmt_rate,
         "peer": "APScheduler 3 BackgroundScheduler",
         "peer_n": _n("imm_apscheduler"),
-        "peer_value": lambda r: get(r["imm_apscheduler"], "rate"),
-        "ratio": lambda r: div(_imm_rate(r), get(r["imm_apscheduler"], "rate")),
+        **_against("imm_apscheduler", "rate", _imm_rate),
         "target": f"≥ {TARGET_IMM_VS_APS:.0f}x APScheduler",
         "on": "ratio",
         "ok": lambda x: x >= TARGET_IMM_VS_APS,
@@ -661,8 +672,7 @@ FIGURES: list[dict[str, Any]] = [
         "fmt": fmt_rate,
         "peer": NAIVE,
         "peer_n": _n("imm_naive"),
-        "peer_value": lambda r: get(r["imm_naive"], "rate"),
-        "ratio": lambda r: div(_imm_rate(r), get(r["imm_naive"], "rate")),
+        **_against("imm_naive", "rate", _imm_rate),
     },
     {
         "figure": "2. time-bomb fill rate (tb_gobucket)",
@@ -686,8 +696,7 @@ FIGURES: list[dict[str, Any]] = [
         "fmt": fmt_bytes,
         "peer": NAIVE,
         "peer_n": _n("tb_naive"),
-        "peer_value": lambda r: get(r["tb_naive"], "rss_per_task"),
-        "ratio": lambda r: div(get(r["tb_naive"], "rss_per_task"), _tb("rss_per_task")(r)),
+        **_against("tb_naive", "rss_per_task", _tb("rss_per_task"), lower_is_better=True),
         "target": f"≤ {TARGET_RSS_PER_TASK / 1024:.0f} KB",
         "on": "value",
         "ok": lambda x: x <= TARGET_RSS_PER_TASK,
@@ -698,8 +707,7 @@ FIGURES: list[dict[str, Any]] = [
         "fmt": fmt_bytes,
         "peer": "APScheduler 3 date job 60 s out",
         "peer_n": _n("aps_pending"),
-        "peer_value": lambda r: get(r["aps_pending"], "rss_per_job"),
-        "ratio": lambda r: div(get(r["aps_pending"], "rss_per_job"), _tb("rss_per_task")(r)),
+        **_against("aps_pending", "rss_per_job", _tb("rss_per_task"), lower_is_better=True),
     },
     {
         "figure": "4. time bombs lost",
@@ -748,8 +756,7 @@ FIGURES: list[dict[str, Any]] = [
         "fmt": fmt_rate,
         "peer": "APScheduler 3 remove_job",
         "peer_n": _n("aps_pending", "removed"),
-        "peer_value": lambda r: get(r["aps_pending"], "remove_rate"),
-        "ratio": lambda r: div(_drain_rate(r), get(r["aps_pending"], "remove_rate")),
+        **_against("aps_pending", "remove_rate", _drain_rate),
         "target": f"≥ {TARGET_DRAIN_VS_APS:.0f}x APScheduler",
         "on": "ratio",
         "ok": lambda x: x >= TARGET_DRAIN_VS_APS,
@@ -760,8 +767,7 @@ FIGURES: list[dict[str, Any]] = [
         "fmt": fmt_rate,
         "peer": NAIVE,
         "peer_n": _n("tb_naive"),
-        "peer_value": lambda r: get(r["tb_naive"], "drain_rate"),
-        "ratio": lambda r: div(_drain_rate(r), get(r["tb_naive"], "drain_rate")),
+        **_against("tb_naive", "drain_rate", _drain_rate),
     },
 ]
 
