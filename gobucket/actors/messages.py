@@ -40,6 +40,7 @@ __all__ = [
     "Supervise",
     "TaskEnded",
     "TaskFailed",
+    "TryFill",
     "Unsupervise",
 ]
 
@@ -135,6 +136,22 @@ class FillTask(NamedTuple):
     exhausted: bool = False
 
 
+class TryFill(NamedTuple):
+    """Admit a task if there is room: answered None, or the error a FillTask would raise.
+
+    The refusal (:class:`~gobucket.BucketFullError`, ...) is returned, not
+    raised, so a caller that expects refusals (a group placing overflow on
+    peers) pays no exception. Build it from a prepared fill: ``TryFill(*fill)``.
+    """
+
+    task_type: TaskType
+    task_id: str
+    data: Any
+    run_after: float
+    life_span: float
+    exhausted: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class DrainTask(MayDefer):
     """Drain a live task by id (answered True, or TaskNotFoundError)."""
@@ -157,7 +174,7 @@ Answer = tuple[str, pykka.ActorRef[Any], pykka.Future[Any]]
 
 
 class TaskEnded(NamedTuple):
-    """A TaskActor's end is done; the bucket frees its id."""
+    """A TaskActor's end is done; the bucket frees its id (and answers ``reply``, if any)."""
 
     task_id: str
     outcome: Outcome

@@ -20,10 +20,8 @@ import threading
 import time
 from typing import Any
 
-import pykka
-
 from gobucket import _threads
-from gobucket._threads import mark_runtime_thread
+from gobucket._threads import Recipient, mark_runtime_thread
 
 __all__ = ["Timer", "TimerService"]
 
@@ -38,7 +36,7 @@ class Timer:
 
     __slots__ = ("cancelled", "message", "slot", "target")
 
-    def __init__(self, slot: int, target: pykka.ActorRef[Any], message: Any) -> None:
+    def __init__(self, slot: int, target: Recipient, message: Any) -> None:
         self.slot = slot
         self.target = target
         self.message = message
@@ -97,7 +95,7 @@ class TimerService:
         """Timers in the wheel (requests not yet taken in by the thread are not counted)."""
         return self._count
 
-    def schedule(self, due: float, target: pykka.ActorRef[Any], message: Any) -> Timer:
+    def schedule(self, due: float, target: Recipient, message: Any) -> Timer:
         """Tell ``message`` to ``target`` at ``due`` (a ``time.monotonic()`` value).
 
         A ``due`` of +infinity is kept but never fires (until cancelled); one of
