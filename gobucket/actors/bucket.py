@@ -82,6 +82,8 @@ class BucketActor(RuntimeActor):
             return self._drain(message.task_id)
         if kind is m.Contains:
             return message.task_id in self.tasks
+        if kind is m.TaskRef:
+            return self.task(message.task_id).actor_ref()
         if kind is m.Count:
             return len(self.tasks)
         if kind is m.RescueAll:

@@ -140,12 +140,7 @@ class LightActor:
         ``stop`` means is up to :meth:`on_stop_request`); proxies are not
         supported.
         """
-        return pykka.ActorRef(_Shim(self))
-
-    @staticmethod
-    def _create_future() -> pykka.Future[Any]:
-        """Futures for asks through :meth:`actor_ref` (pykka asks the actor class)."""
-        return LatchFuture()
+        return pykka.ActorRef(Light(self))
 
     # delivery ------------------------------------------------------------------------
     def _deliver(self, item: Any) -> None:
@@ -266,25 +261,30 @@ class LightActor:
         self._stopped = True
 
 
-class _Shim:
+class Light:
     """What a :class:`pykka.ActorRef` reads of an actor, for a light actor.
 
-    It is the ref's inbox (``put``) and stop flag (``is_set``, ``wait``) at once.
+    It is the ref's "actor" (its class makes the futures), inbox (``put``) and
+    stop flag (``is_set``) at once.
     """
 
-    __slots__ = ("__weakref__", "actor", "actor_class", "actor_urn")
+    __slots__ = ("__weakref__", "actor", "actor_urn")
 
     def __init__(self, actor: LightActor) -> None:
         self.actor = actor
-        self.actor_class = type(actor)
-        self.actor_urn = f"urn:gobucket:light:{next(_urns)}"
+        self.actor_urn = f"urn:gobucket:{type(actor).__name__}:{next(_urns)}"
+
+    @staticmethod
+    def _create_future() -> pykka.Future[Any]:
+        """pykka's ref makes its asks' futures with the actor class's ``_create_future``."""
+        return LatchFuture()
 
     @property
-    def actor_inbox(self) -> _Shim:
+    def actor_inbox(self) -> Light:
         return self
 
     @property
-    def actor_stopped(self) -> _Shim:
+    def actor_stopped(self) -> Light:
         return self
 
     def put(self, envelope: Envelope[Any], /) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "Supervise",
     "TaskEnded",
     "TaskFailed",
+    "TaskRef",
     "TryFill",
     "Unsupervise",
 ]
@@ -196,6 +197,13 @@ class TaskFailed:
 @dataclass(frozen=True, slots=True)
 class Contains(Reentrant):
     """Is this id alive?"""
+
+    task_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRef(Reentrant):
+    """A pykka ref to a live task's actor (made on demand), or TaskNotFoundError."""
 
     task_id: str
 

@@ -216,6 +216,7 @@ class ThreadHookRunner:
                         return
                     continue
             _run(job, None)
+            job = None  # an idle worker must not keep the last task alive
 
     # execute threads -------------------------------------------------------------------
     def _work(self) -> None:
@@ -241,6 +242,7 @@ class ThreadHookRunner:
                     return
                 continue
             _run(job, local)
+            job = None  # an idle worker must not keep the last task alive
             while follow_ups:
                 _run(follow_ups.pop(), local)
 
