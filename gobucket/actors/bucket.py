@@ -137,7 +137,7 @@ class BucketActor(RuntimeActor):
         if refused is not None:
             raise refused
 
-    def _admit(self, msg: m.FillTask | m.TryFill) -> GoBucketError | None:
+    def _admit(self, msg: m.FillTask) -> GoBucketError | None:
         """Start the task, or count the refusal and return (not raise) its error."""
         if self.closed:
             return BucketClosedError(f"bucket {self.config.name!r} is closed")

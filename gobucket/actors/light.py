@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import queue
 import sys
 import threading
 from typing import TYPE_CHECKING, Any
@@ -47,6 +46,7 @@ import pykka
 
 from gobucket.actors._future import LatchFuture
 from gobucket.actors._pykka import PYKKA_MESSAGES, ActorStop, Envelope
+from gobucket.actors.actor import fail_dead
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -99,7 +99,7 @@ class LightActor:
         """Deliver ``message`` and return its answer (with ``block=False``: its future)."""
         reply: LatchFuture[Any] = LatchFuture()
         if self._stopped:
-            _fail_dead(self, reply, message)
+            fail_dead(self, reply, message)
         else:
             self._deliver(_Ask(message, reply))
         return reply if not block else reply.get(timeout=timeout)
@@ -200,7 +200,7 @@ class LightActor:
             reply = item.reply
             message = item.message
         if self._stopped:
-            _fail_dead(self, reply, message)
+            fail_dead(self, reply, message)
             return None
         try:
             if type(message) in PYKKA_MESSAGES:
@@ -292,7 +292,7 @@ class Light:
         actor = self.actor
         reply = envelope.reply_to
         if actor._stopped:
-            _fail_dead(actor, reply, envelope.message)
+            fail_dead(actor, reply, envelope.message)
             return
         actor._deliver(envelope.message if reply is None else _Ask(envelope.message, reply))
 
@@ -303,19 +303,3 @@ class Light:
     def is_set(self) -> bool:
         """The actor has stopped."""
         return self.actor._stopped
-
-
-def _fail_dead(actor: LightActor, reply: pykka.Future[Any] | None, message: Any) -> None:
-    """Answer a message the actor will never handle (an ask, or a tell carrying a reply)."""
-    if reply is None:
-        reply = getattr(message, "reply", None)
-        if not isinstance(reply, pykka.Future):
-            return
-    try:
-        if isinstance(message, ActorStop):
-            reply.set(None)
-        else:
-            err = pykka.ActorDeadError(f"{actor} stopped before handling the message")
-            reply.set_exception((type(err), err, None))
-    except queue.Full:  # already answered
-        pass

@@ -137,7 +137,7 @@ class FillTask(NamedTuple):
     exhausted: bool = False
 
 
-class TryFill(NamedTuple):
+class TryFill(FillTask):
     """Admit a task if there is room: answered None, or the error a FillTask would raise.
 
     The refusal (:class:`~gobucket.BucketFullError`, ...) is returned, not
@@ -145,12 +145,7 @@ class TryFill(NamedTuple):
     peers) pays no exception. Build it from a prepared fill: ``TryFill(*fill)``.
     """
 
-    task_type: TaskType
-    task_id: str
-    data: Any
-    run_after: float
-    life_span: float
-    exhausted: bool = False
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -169,7 +169,10 @@ class TaskActor(LightActor):
         self._deliver(first if first is not None else _START)
 
     def on_start(self, first: _Start = _START) -> None:
-        """Arm the life-span timer, then run at once or arm the ``run_after`` timer."""
+        """Run at once (arming the life-span timer) or arm the ``run_after`` timer.
+
+        A waiting time bomb holds one timer: its life span is armed when it fires.
+        """
         if first.crashed is not None:
             self._end(Outcome.EXECUTE_ERROR, first.crashed)
             return
@@ -178,14 +181,17 @@ class TaskActor(LightActor):
             return
         timers = self.spec.runtime.timers
         ctx = self.ctx
-        self._expire = timers.schedule(ctx.deadline, self, m.EXPIRE)
-        if self.run_after > 0:
-            self._fire = timers.schedule(ctx.filled_at + self.run_after, self, m.FIRE)
+        fire_at = ctx.filled_at + self.run_after
+        if self.run_after > 0 and fire_at < ctx.deadline:
+            # One timer at a time: the life-span timer is armed once it fires.
+            self._fire = timers.schedule(fire_at, self, m.FIRE)
             if self.spec.verbose:
                 logger.info(
                     "[%s] task %s waits %.3fs", self.spec.name, self.task_id, self.run_after
                 )
-        else:
+            return
+        self._expire = timers.schedule(ctx.deadline, self, m.EXPIRE)
+        if self.run_after <= 0:
             self._execute()
 
     def on_failure(
@@ -222,17 +228,20 @@ class TaskActor(LightActor):
                 self._on_end_done(message.error)
             return None
         if kind is m.Fire:
-            if self.state == WAITING:
+            if self.state == WAITING and self._fire is not None:
+                timers = self.spec.runtime.timers
+                timers.cancel(self._fire)  # a no-op once it fired (it may be a tell of Fire)
                 self._fire = None
+                self._expire = timers.schedule(self.ctx.deadline, self, m.EXPIRE)
                 self._execute()
             return None
         if kind is m.Expire:
             if self.state in _LIVE and self.state != HANDING:
-                self._expire = None
-                self._end(Outcome.EXHAUSTED)
+                self._end(Outcome.EXHAUSTED)  # cancelling a timer that fired is a no-op
             return None
         if kind is m.Retry:
             if self.state == RETRY_WAIT:
+                self.spec.runtime.timers.cancel(self._fire)
                 self._fire = None
                 self._execute()
             return None
