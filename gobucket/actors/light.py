@@ -51,7 +51,7 @@ from gobucket.actors.actor import fail_dead
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["Board", "LightActor"]
+__all__ = ["LIGHT_SLOTS", "Board", "LightActor"]
 
 logger = logging.getLogger("gobucket.runtime")
 
@@ -60,6 +60,10 @@ _urns = itertools.count(1)
 
 Board = dict[Any, list[Any]]
 """The claims of the light actors sharing it: actor → ``[owner thread id, *queued]``."""
+
+
+LIGHT_SLOTS = ("__weakref__", "_board", "_stopped")
+"""The slots a :class:`LightActor` subclass declares."""
 
 
 class _Ask:
@@ -75,11 +79,14 @@ class _Ask:
 class LightActor:
     """An actor that is a single slotted object; see the module docstring.
 
-    Subclasses set ``_board`` (shared with their peers) and ``_stopped``
-    (False) in ``__init__``, and handle messages in :meth:`on_receive`.
+    Subclasses declare the slots :data:`LIGHT_SLOTS` (this class has none of
+    its own, so that a light actor may also derive from another slotted
+    class: a task is its own context), set ``_board`` (shared with their
+    peers) and ``_stopped`` (False) in ``__init__``, and handle messages in
+    :meth:`on_receive`.
     """
 
-    __slots__ = ("__weakref__", "_board", "_stopped")
+    __slots__ = ()
 
     _board: Board
     _stopped: bool
@@ -237,7 +244,7 @@ class LightActor:
             logger.error("error in stopped %s", self, exc_info=(exc_type, exc_value, tb))  # type: ignore[arg-type]
             return
         logger.error("unhandled error in %s", self, exc_info=(exc_type, exc_value, tb))  # type: ignore[arg-type]
-        self._stopped = True
+        self._stopped = True  # type: ignore[misc]  # the slot is the subclass's (LIGHT_SLOTS)
         try:
             self.on_failure(exc_type, exc_value, tb)
         except Exception:
@@ -258,7 +265,7 @@ class LightActor:
 
     def on_stop_request(self) -> None:
         """What a pykka ``stop()`` through :meth:`actor_ref` does (default: stop)."""
-        self._stopped = True
+        self._stopped = True  # type: ignore[misc]  # the slot is the subclass's (LIGHT_SLOTS)
 
 
 class Light:

@@ -20,7 +20,7 @@ import pykka
 from gobucket._threads import tell_quietly
 from gobucket.actors import messages as m
 from gobucket.actors._future import LatchFuture, done_future
-from gobucket.actors.light import Board, LightActor
+from gobucket.actors.light import LIGHT_SLOTS, Board, LightActor
 from gobucket.config import TaskType
 from gobucket.context import TaskContext
 from gobucket.errors import TaskNotFoundError
@@ -103,7 +103,7 @@ class _Start:
 _START = _Start()
 
 
-class TaskActor(LightActor):
+class TaskActor(TaskContext, LightActor):
     """Runs one task: its timers, its ``on_execute``, drain-as-stop and panic.
 
     Started (:meth:`start`) by its :class:`~gobucket.actors.bucket.BucketActor`,
@@ -112,21 +112,23 @@ class TaskActor(LightActor):
     if it crashes). Timers and hook runners tell it their results directly
     (it has ``tell``); :meth:`~gobucket.actors.light.LightActor.actor_ref`
     makes a pykka ref to it when one is needed.
+
+    A task is its own :class:`~gobucket.context.TaskContext` (the ``ctx`` its
+    hooks get): one object per task, not two.
     """
 
     __slots__ = (
+        *LIGHT_SLOTS,
         "_expire",
         "_fire",
         "_first",
         "_running",
         "_waiters",
-        "ctx",
         "data",
         "outcome",
         "run_after",
         "spec",
         "state",
-        "task_id",
     )
 
     def __init__(
@@ -144,10 +146,9 @@ class TaskActor(LightActor):
         self._board = spec.board
         self._stopped = False
         now = _monotonic() if filled_at is None else filled_at
+        TaskContext.__init__(self, task_id, spec.name, task_type, now, now + life_span)
         self.spec = spec
-        self.task_id = task_id
         self.data = data
-        self.ctx = TaskContext(task_id, spec.name, task_type, now, now + life_span)
         self.run_after = run_after
         self.state = WAITING
         self.outcome: Outcome | None = None
@@ -159,8 +160,10 @@ class TaskActor(LightActor):
             _START if crashed is None and not exhausted else _Start(crashed, exhausted)
         )
 
-    def __repr__(self) -> str:
-        return f"<TaskActor {self.task_id!r} of {self.spec.name!r}>"
+    @property
+    def ctx(self) -> TaskContext:
+        """The context handed to the task's hooks: the task itself."""
+        return self
 
     # lifecycle -------------------------------------------------------------------
     def start(self) -> None:
