@@ -110,6 +110,28 @@ def test_a_crashing_handler_stops_the_actor_and_later_asks_fail_dead(caplog):
         actor.actor_ref().ask("x", timeout=WAIT)
 
 
+def test_an_interrupt_between_two_handlers_leaves_the_actor_free_and_loses_nothing_queued():
+    board: Board = {}
+
+    class Interrupted(Counter):
+        __slots__ = ()
+
+        def _handle(self, item: Any) -> BaseException | None:
+            if item == "interrupt":
+                raise KeyboardInterrupt  # as if a signal arrived between two handlers
+            return super()._handle(item)
+
+    actor = Interrupted(board)
+    claim = [threading.get_ident(), "interrupt", "queued"]  # two messages queued meanwhile
+    board[actor] = claim
+    with pytest.raises(KeyboardInterrupt):
+        actor._run("first", claim)
+    assert board == {}
+    assert actor.got == ["first", "queued"]  # what queued behind the interrupt was passed on
+    actor.tell("later")
+    assert actor.got == ["first", "queued", "later"]
+
+
 def test_delivery_from_inside_a_handler_on_the_same_thread_queues_instead_of_deadlocking():
     # What a signal handler does when it interrupts a thread inside a handler.
     board: Board = {}

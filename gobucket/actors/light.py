@@ -169,18 +169,36 @@ class LightActor:
 
     def _run(self, item: Any, claim: list[Any]) -> None:
         """Handle ``item``, then everything queued, then let go (the claim is ours)."""
-        error = self._handle(item)
-        while True:
-            while len(claim) > 1:
-                try:
-                    late = self._handle(claim.pop(1))
-                except IndexError:  # a sender took its message back meanwhile
+        try:
+            error = self._handle(item)
+            while True:
+                while len(claim) > 1:
+                    try:
+                        late = claim.pop(1)
+                    except IndexError:  # a sender took its message back meanwhile
+                        break
+                    error = error or self._handle(late)
+                if not self._let_go(claim):
                     break
-                error = error or late
-            if not self._let_go(claim):
-                break
+        except BaseException:
+            # Interrupted between two handlers (a KeyboardInterrupt from a signal):
+            # the actor must not stay claimed by a thread that left.
+            self._abandon(claim)
+            raise
         if error is not None:
             raise error
+
+    def _abandon(self, claim: list[Any]) -> None:
+        """Let go of the actor at once and pass on whatever queued in ``claim``."""
+        board = self._board
+        if board.get(self) is claim:
+            del board[self]
+        while len(claim) > 1:
+            try:
+                item = claim.pop(1)
+            except IndexError:
+                break
+            self._deliver(item)
 
     def _let_go(self, claim: list[Any]) -> bool:
         """Take our claim out; True if we claimed the actor again for late messages."""

@@ -230,6 +230,9 @@ class TaskActor(TaskContext, LightActor):
             else:
                 self._on_end_done(message.error)
             return None
+        if kind is _Start:
+            self.on_start(message)
+            return None
         if kind is m.Fire:
             if self.state == WAITING and self._fire is not None:
                 timers = self.spec.runtime.timers
@@ -258,9 +261,6 @@ class TaskActor(TaskContext, LightActor):
             return self._reserve()
         if kind is m.Release:
             return self._release_handoff(message.placed)
-        if kind is _Start:
-            self.on_start(message)
-            return None
         return super().on_receive(message)
 
     def on_stop_request(self) -> None:
