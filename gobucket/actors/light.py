@@ -51,6 +51,8 @@ from gobucket.actors.actor import fail_dead
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from gobucket.actors._pykka import OptExcInfo
+
 __all__ = ["LIGHT_SLOTS", "Board", "LightActor"]
 
 logger = logging.getLogger("gobucket.runtime")
@@ -193,10 +195,14 @@ class LightActor:
         board = self._board
         if board.get(self) is claim:
             del board[self]
+        self._pass_on(claim)
+
+    def _pass_on(self, claim: list[Any]) -> None:
+        """Deliver again what queued in a claim we no longer hold."""
         while len(claim) > 1:
             try:
                 item = claim.pop(1)
-            except IndexError:
+            except IndexError:  # a sender took its message back meanwhile
                 break
             self._deliver(item)
 
@@ -208,13 +214,7 @@ class LightActor:
             return False
         if board.setdefault(self, claim) is claim:
             return True
-        # Someone else owns the actor now: they get the late messages.
-        while len(claim) > 1:
-            try:
-                item = claim.pop(1)
-            except IndexError:
-                break
-            self._deliver(item)
+        self._pass_on(claim)  # someone else owns the actor now: they get the late messages
         return False
 
     def _handle(self, item: Any) -> BaseException | None:
@@ -235,12 +235,12 @@ class LightActor:
         except Exception:
             if reply is not None:
                 reply.set_exception()
-            self._crash(*sys.exc_info())
+            self._crash(sys.exc_info())
             return None
         except BaseException as error:
             if reply is not None:
                 reply.set_exception()
-            self._crash(*sys.exc_info())
+            self._crash(sys.exc_info())
             return error
         if reply is not None:
             reply.set(answer)
@@ -252,19 +252,15 @@ class LightActor:
             return None
         raise TypeError(f"{type(self).__name__} is a light actor: pykka proxies are not supported")
 
-    def _crash(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def _crash(self, exc_info: OptExcInfo) -> None:
+        """A handler raised: log it, stop, and call :meth:`on_failure` (once)."""
         if self._stopped:
-            logger.error("error in stopped %s", self, exc_info=(exc_type, exc_value, tb))  # type: ignore[arg-type]
+            logger.error("error in stopped %s", self, exc_info=exc_info)  # type: ignore[arg-type]
             return
-        logger.error("unhandled error in %s", self, exc_info=(exc_type, exc_value, tb))  # type: ignore[arg-type]
+        logger.error("unhandled error in %s", self, exc_info=exc_info)  # type: ignore[arg-type]
         self._stopped = True  # type: ignore[misc]  # the slot is the subclass's (LIGHT_SLOTS)
         try:
-            self.on_failure(exc_type, exc_value, tb)
+            self.on_failure(*exc_info)
         except Exception:
             logger.exception("on_failure of %s raised", self)
 
