@@ -13,11 +13,20 @@ actor runtime.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Protocol
 
 import pykka
 
-__all__ = ["local", "mark_runtime_thread", "tell_quietly"]
+__all__ = ["Recipient", "local", "mark_runtime_thread", "tell_quietly"]
+
+
+class Recipient(Protocol):
+    """Whatever can be told a message: a pykka ref, or a light actor (a task)."""
+
+    def tell(self, message: Any) -> None:
+        """Deliver ``message``; raise :class:`pykka.ActorDeadError` if it has stopped."""
+        ...
+
 
 local = threading.local()
 """Per-thread state: ``runtime`` (bool), ``depth`` (inline deliveries in progress),
@@ -37,7 +46,7 @@ def mark_runtime_thread() -> None:
     local.runtime = True
 
 
-def tell_quietly(ref: pykka.ActorRef[Any], message: Any) -> bool:
+def tell_quietly(ref: Recipient, message: Any) -> bool:
     """Tell ``message`` to ``ref``; return False instead of raising if it has stopped."""
     try:
         ref.tell(message)

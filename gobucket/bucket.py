@@ -282,6 +282,23 @@ class TaskBucket:
             # The task's own actor stopped with our drain still queued: it ended.
             raise TaskNotFoundError(id, "is already ending") from None
 
+    def task_ref(self, id: str) -> pykka.ActorRef[Any]:
+        """A pykka :class:`~pykka.ActorRef` to the actor of the live task ``id``.
+
+        Tasks run on light actors that have no pykka ref of their own; this
+        makes one on demand (each call a new one). ``tell`` and ``ask`` deliver
+        the task's messages (see :mod:`gobucket.actors.messages`), ``stop()``
+        drains the task; pykka proxies are not supported. Once the task has
+        ended the ref is dead (``is_alive()`` is False, ``tell`` raises
+        :class:`pykka.ActorDeadError`).
+
+        Raises:
+            TaskNotFoundError: no live task has this id.
+        """
+        validate_task_id(id)
+        ref: pykka.ActorRef[Any] = self._ask(m.TaskRef(id))
+        return ref
+
     def rescue(self, timeout: float | timedelta | None = None) -> int:
         """Run ``on_panic`` for every task alive now; return how many were rescued.
 

@@ -469,7 +469,8 @@ class TaskBucketGroup:
         Argument errors and local refusals other than "full" are raised at once.
         """
         local = self.get_bucket(bucket)
-        message = m.FillTask(*local._make_fill(task_type, id, data, run_after, life_span))
+        fill = local._make_fill(task_type, id, data, run_after, life_span)
+        message = m.FillTask(*fill)
         try:
             packed = pack(data)
         except (TypeError, ValueError, OverflowError) as error:
@@ -478,11 +479,16 @@ class TaskBucketGroup:
                 "dicts, lists, str, bytes, numbers, bools and None"
             ) from None
         if not local.closed:
+            # TryFill answers a refusal instead of raising it: an overflowing fill
+            # (the common case when the bucket is full) pays no exception.
             try:
-                call(local.actor_ref, message)
+                refused: GoBucketError | None = call(local.actor_ref, m.TryFill(*fill))
+            except pykka.ActorDeadError:
+                refused = BucketClosedError(f"bucket {bucket!r} is shutting down")
+            if refused is None:
                 return done_future(Placement(True, self.node_id, bucket, id, None))
-            except (BucketFullError, BucketClosedError, pykka.ActorDeadError):
-                pass  # full, or shutting down: a peer may take it
+            if not isinstance(refused, _PEER_MAY_TAKE):
+                raise refused  # a duplicate id: no peer may run it either
         if self._group is None:
             raise GoBucketError("start() the group before filling it")
         wire = protocol.fill(
@@ -545,3 +551,6 @@ class TaskBucketGroup:
 def _group_gone(_failure: BaseException | None) -> pykka.ActorDeadError:
     """What a call to the GroupActor raises once it is gone for good (as pykka would)."""
     return pykka.ActorDeadError("the group's actor is stopped")
+
+
+_PEER_MAY_TAKE = (BucketFullError, BucketClosedError)

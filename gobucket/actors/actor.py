@@ -62,6 +62,7 @@ __all__ = [
     "RuntimeActor",
     "ask_then",
     "call",
+    "fail_dead",
     "use_default_runtime",
 ]
 
@@ -189,8 +190,10 @@ class Mailbox:
         if not self._run.acquire(False):
             _local.claim = None
             return  # whoever runs the actor will find the message
-        if (envelope.reply_to is not None or _runtime_thread()) and _depth() < MAX_INLINE_DEPTH:
-            self._run_here(None)
+        # The thread-locals are read once per delivery and handed down.
+        depth = _depth()
+        if (envelope.reply_to is not None or _runtime_thread()) and depth < MAX_INLINE_DEPTH:
+            self._run_here(None, depth)
         else:
             actor = self._actor
             assert actor is not None
@@ -223,21 +226,22 @@ class Mailbox:
                 assert actor is not None
                 return True, actor._handle_direct(message)
             return False, None
-        if _depth() >= MAX_INLINE_DEPTH or (idle_only and self._items):
+        depth = _depth()
+        if depth >= MAX_INLINE_DEPTH or (idle_only and self._items):
             return False, None
         _local.claim = self
         if not self._run.acquire(False):
             _local.claim = None
             return False, None
-        return True, self._run_here(message)
+        return True, self._run_here(message, depth)
 
-    def _run_here(self, message: Any) -> Any:
+    def _run_here(self, message: Any, depth: int) -> Any:
         """Run the actor on this thread (the run lock is held), then let go."""
         actor = self._actor
         assert actor is not None
         self._owner = _get_ident()
         _local.claim = None
-        _local.depth = _depth() + 1
+        _local.depth = depth + 1
         items = self._items
         try:
             while items:
@@ -250,7 +254,7 @@ class Mailbox:
                 return actor._handle_direct(message)
             return None
         finally:
-            _local.depth -= 1
+            _local.depth = depth
             self._release(actor, RELEASE_ROUNDS)
 
     def _release(self, actor: RuntimeActor, rounds: int) -> None:
@@ -409,7 +413,7 @@ class RuntimeActor(pykka.Actor):
     def _process(self, envelope: Envelope[Any]) -> None:
         reply_to = envelope.reply_to
         if self.actor_stopped.is_set():
-            _fail_dead(self, reply_to, envelope.message)
+            fail_dead(self, reply_to, envelope.message)
             return
         self._reply = reply_to
         try:
@@ -498,7 +502,7 @@ class RuntimeActor(pykka.Actor):
                 envelope = inbox.get()
             except IndexError:
                 break
-            _fail_dead(self, envelope.reply_to, envelope.message)
+            fail_dead(self, envelope.reply_to, envelope.message)
 
 
 class _Start:
@@ -511,7 +515,7 @@ class _Start:
 _START = _Start()
 
 
-def _fail_dead(actor: RuntimeActor, reply_to: pykka.Future[Any] | None, message: Any) -> None:
+def fail_dead(actor: object, reply_to: pykka.Future[Any] | None, message: Any) -> None:
     """Answer a message the actor will never handle (an ask, or a tell carrying a reply)."""
     if reply_to is None:
         reply_to = getattr(message, "reply", None)

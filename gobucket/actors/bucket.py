@@ -16,6 +16,7 @@ from gobucket.errors import (
     BucketClosedError,
     BucketFullError,
     DuplicateTaskError,
+    GoBucketError,
     TaskActorCrashedError,
     TaskNotFoundError,
 )
@@ -54,8 +55,9 @@ class BucketActor(RuntimeActor):
             config.max_retries,
             config.retry_backoff,
             self.load,
+            self.runtime,
         )
-        self.tasks: dict[str, pykka.ActorRef[TaskActor]] = {}
+        self.tasks: dict[str, TaskActor] = {}
         self.closed = False
         self._empty_waiters: list[pykka.Future[Any]] = []
         self._counts = dict.fromkeys(Outcome, 0)
@@ -69,6 +71,8 @@ class BucketActor(RuntimeActor):
         kind = type(message)
         if kind is m.FillTask:
             return self._fill(message)
+        if kind is m.TryFill:
+            return self._admit(message)  # refused: the error is the answer, not raised
         if kind is m.TaskEnded:
             self._remove(message.task_id, message.outcome)
             if message.reply is not None:
@@ -78,16 +82,21 @@ class BucketActor(RuntimeActor):
             return self._drain(message.task_id)
         if kind is m.Contains:
             return message.task_id in self.tasks
+        if kind is m.TaskRef:
+            return self.task(message.task_id).actor_ref()
         if kind is m.Count:
             return len(self.tasks)
         if kind is m.RescueAll:
             ask = m.SHED if message.shed else m.PANIC
             return [
-                (task_id, ref, ref.ask(ask, block=False))
-                for task_id, ref in list(self.tasks.items())
+                (task_id, task.actor_ref(), task.ask(ask, block=False))
+                for task_id, task in list(self.tasks.items())
             ]
         if kind is m.ReserveAll:
-            return [(ref, ref.ask(m.RESERVE, block=False)) for ref in list(self.tasks.values())]
+            return [
+                (task.actor_ref(), task.ask(m.RESERVE, block=False))
+                for task in list(self.tasks.values())
+            ]
         if kind is m.GetStats:
             return self._stats()
         if kind is m.AwaitEmpty:
@@ -116,17 +125,27 @@ class BucketActor(RuntimeActor):
             return
         tell_quietly(
             self.runtime.supervisor,
-            m.ChildFailed(self.supervisor_key, exception_value, list(self.tasks.items())),
+            m.ChildFailed(
+                self.supervisor_key,
+                exception_value,
+                [(task_id, task.actor_ref()) for task_id, task in self.tasks.items()],
+            ),
         )
 
     def _fill(self, msg: m.FillTask) -> None:
+        refused = self._admit(msg)
+        if refused is not None:
+            raise refused
+
+    def _admit(self, msg: m.FillTask) -> GoBucketError | None:
+        """Start the task, or count the refusal and return (not raise) its error."""
         if self.closed:
-            raise BucketClosedError(f"bucket {self.config.name!r} is closed")
+            return BucketClosedError(f"bucket {self.config.name!r} is closed")
         tasks = self.tasks
         task_id = msg.task_id
         if task_id in tasks:
             self._refused_dup += 1
-            raise DuplicateTaskError(task_id, self.config.name)
+            return DuplicateTaskError(task_id, self.config.name)
         if self.load.overrunning(task_id) is not None:
             self._refused_dup += 1
             self.load.warnings.warning(
@@ -136,7 +155,7 @@ class BucketActor(RuntimeActor):
                 self.config.name,
                 task_id,
             )
-            raise DuplicateTaskError(
+            return DuplicateTaskError(
                 task_id,
                 self.config.name,
                 "task {task} ended{where} but its on_execute is still running (it overran its "
@@ -145,15 +164,14 @@ class BucketActor(RuntimeActor):
             )
         if len(tasks) >= self.config.max_bucket:
             self._refused_full += 1
-            raise BucketFullError(
+            return BucketFullError(
                 f"task buffer exceeded: bucket {self.config.name!r} holds its maximum of "
                 f"{self.config.max_bucket} live tasks"
             )
         run_after = msg.run_after if msg.task_type is TaskType.TIME_BOMB else 0.0
         if self.config.verbose:
             logger.info("[%s] task %s filled (%s)", self.config.name, task_id, msg.task_type.value)
-        ref = TaskActor.start_on(
-            self.runtime,
+        task = TaskActor(
             self.spec,
             task_id,
             msg.data,
@@ -162,16 +180,18 @@ class BucketActor(RuntimeActor):
             msg.life_span,
             exhausted=msg.exhausted,
         )
-        tasks[task_id] = ref  # even if it already ended inline: its TaskEnded is queued
+        tasks[task_id] = task  # before it starts: if it ends at once, its TaskEnded is queued
         self._filled += 1
+        task.start()
+        return None
 
     def _drain(self, task_id: str) -> Any:
-        ref = self.tasks.get(task_id)
-        if ref is None:
+        task = self.tasks.get(task_id)
+        if task is None:
             raise TaskNotFoundError(task_id)
         try:
-            ran, drained = ref.actor_inbox.call(m.DRAIN)  # type: ignore[attr-defined]
-        except pykka.ActorDeadError:
+            ran, drained = task.call(m.DRAIN)
+        except Exception:  # stopped, or crashed right now (its supervision ends it)
             raise TaskNotFoundError(task_id, "is already ending") from None
         if ran:
             if not drained:
@@ -181,12 +201,19 @@ class BucketActor(RuntimeActor):
         # The task is busy: forward, and let it answer through us once its id is freed.
         reply = self.defer_reply()
         try:
-            ref.tell(m.Drain(reply))
+            task.tell(m.Drain(reply))
         except pykka.ActorDeadError:
             err = TaskNotFoundError(task_id, "is already ending")
             if reply is not None:
                 reply.set_exception((type(err), err, None))
         return None
+
+    def task(self, task_id: str) -> TaskActor:
+        """The live task ``task_id`` (raises TaskNotFoundError)."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            raise TaskNotFoundError(task_id)
+        return task
 
     def _remove(self, task_id: str, outcome: Outcome) -> None:
         if self.tasks.pop(task_id, None) is None:
@@ -200,8 +227,7 @@ class BucketActor(RuntimeActor):
     def _on_task_failed(self, msg: m.TaskFailed) -> None:
         """Supervision: a crashed TaskActor's task still gets exactly one end."""
         self._crashed += 1
-        ref = self.tasks.get(msg.task_id)
-        if ref is None:
+        if msg.task_id not in self.tasks:
             return
         if msg.claimed is not None:
             # It had already taken its end; that end stands, the id is freed.
@@ -209,8 +235,7 @@ class BucketActor(RuntimeActor):
             return
         error = TaskActorCrashedError(f"the actor of task {msg.task_id!r} failed: {msg.error!r}")
         error.__cause__ = msg.error
-        replacement = TaskActor.start_on(
-            self.runtime,
+        replacement = TaskActor(
             self.spec,
             msg.task_id,
             msg.data,
@@ -220,6 +245,7 @@ class BucketActor(RuntimeActor):
             crashed=error,
         )
         self.tasks[msg.task_id] = replacement
+        replacement.start()
 
     def _stats(self) -> BucketStats:
         c = self._counts

@@ -51,6 +51,8 @@ __all__ = [
     "Supervise",
     "TaskEnded",
     "TaskFailed",
+    "TaskRef",
+    "TryFill",
     "Unsupervise",
 ]
 
@@ -146,6 +148,17 @@ class FillTask(NamedTuple):
     exhausted: bool = False
 
 
+class TryFill(FillTask):
+    """Admit a task if there is room: answered None, or the error a FillTask would raise.
+
+    The refusal (:class:`~gobucket.BucketFullError`, ...) is returned, not
+    raised, so a caller that expects refusals (a group placing overflow on
+    peers) pays no exception. Build it from a prepared fill: ``TryFill(*fill)``.
+    """
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, slots=True)
 class DrainTask(MayDefer):
     """Drain a live task by id (answered True, or TaskNotFoundError)."""
@@ -168,7 +181,7 @@ Answer = tuple[str, pykka.ActorRef[Any], pykka.Future[Any]]
 
 
 class TaskEnded(NamedTuple):
-    """A TaskActor's end is done; the bucket frees its id."""
+    """A TaskActor's end is done; the bucket frees its id (and answers ``reply``, if any)."""
 
     task_id: str
     outcome: Outcome
@@ -190,6 +203,13 @@ class TaskFailed:
 @dataclass(frozen=True, slots=True)
 class Contains(Reentrant):
     """Is this id alive?"""
+
+    task_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRef(Reentrant):
+    """A pykka ref to a live task's actor (made on demand), or TaskNotFoundError."""
 
     task_id: str
 

@@ -1,9 +1,12 @@
 """TaskActor: one per task, a small state machine that ends its task exactly once.
 
-States: ``WAITING`` (a time bomb before ``run_after``) → ``RUNNING`` (``on_execute``
-submitted) → ``ENDING`` (its end hook submitted) → ``ENDED``. The first message
-that ends the task wins (``Executed``, ``Expire``, ``Drain``, ``Panic``); every
-later one is ignored, so each accepted task gets exactly one end.
+A TaskActor is a :class:`~gobucket.actors.light.LightActor`: one slotted
+object, no pykka ref, mailbox or lock of its own (see
+``docs/how-a-task-runs.md``). States: ``WAITING`` (a time bomb before
+``run_after``) → ``RUNNING`` (``on_execute`` submitted) → ``ENDING`` (its
+end hook submitted) → ``ENDED``. The first message that ends the task wins
+(``Executed``, ``Expire``, ``Drain``, ``Panic``); every later one is
+ignored, so each accepted task gets exactly one end.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import pykka
 from gobucket._threads import tell_quietly
 from gobucket.actors import messages as m
 from gobucket.actors._future import LatchFuture, done_future
-from gobucket.actors.actor import RuntimeActor
+from gobucket.actors.light import LIGHT_SLOTS, Board, LightActor
 from gobucket.config import TaskType
 from gobucket.context import TaskContext
 from gobucket.errors import TaskNotFoundError
@@ -28,6 +31,7 @@ from gobucket.types import Outcome
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from gobucket.actors.runtime import ActorRuntime
     from gobucket.actors.timers import Timer
     from gobucket.executors.base import Hook, HookTable
     from gobucket.executors.load import WorkLoad
@@ -49,7 +53,17 @@ _LIVE = (WAITING, RUNNING, RETRY_WAIT, HANDING)
 class TaskSpec:
     """What every task of one bucket shares (one object per bucket, not per task)."""
 
-    __slots__ = ("backoff", "bucket", "hooks", "load", "max_retries", "name", "verbose")
+    __slots__ = (
+        "backoff",
+        "board",
+        "bucket",
+        "hooks",
+        "load",
+        "max_retries",
+        "name",
+        "runtime",
+        "verbose",
+    )
 
     def __init__(
         self,
@@ -60,8 +74,11 @@ class TaskSpec:
         max_retries: int,
         backoff: float,
         load: WorkLoad,
+        runtime: ActorRuntime,
     ) -> None:
         self.bucket = bucket
+        self.runtime = runtime
+        self.board: Board = {}  # the claims of this bucket's tasks (see LightActor)
         self.load = load
         self.hooks = hooks
         self.name = name
@@ -70,13 +87,49 @@ class TaskSpec:
         self.backoff = backoff
 
 
-class TaskActor(RuntimeActor):
+class _Start:
+    """The first message of a task (``crashed``/``exhausted``: it ends at once)."""
+
+    __slots__ = ("crashed", "exhausted")
+
+    def __init__(self, crashed: BaseException | None = None, exhausted: bool = False) -> None:
+        self.crashed = crashed
+        self.exhausted = exhausted
+
+    def __repr__(self) -> str:
+        return "<start>"
+
+
+_START = _Start()
+
+
+class TaskActor(TaskContext, LightActor):
     """Runs one task: its timers, its ``on_execute``, drain-as-stop and panic.
 
-    Started by its :class:`~gobucket.actors.bucket.BucketActor`, which it tells
-    :class:`~gobucket.actors.messages.TaskEnded` once its end is done (or
-    :class:`~gobucket.actors.messages.TaskFailed` from ``on_failure`` if it crashes).
+    Started (:meth:`start`) by its :class:`~gobucket.actors.bucket.BucketActor`,
+    which it tells :class:`~gobucket.actors.messages.TaskEnded` once its end is
+    done (or :class:`~gobucket.actors.messages.TaskFailed` from ``on_failure``
+    if it crashes). Timers and hook runners tell it their results directly
+    (it has ``tell``); :meth:`~gobucket.actors.light.LightActor.actor_ref`
+    makes a pykka ref to it when one is needed.
+
+    A task is its own :class:`~gobucket.context.TaskContext` (the ``ctx`` its
+    hooks get): one object per task, not two.
     """
+
+    __slots__ = (
+        *LIGHT_SLOTS,
+        "_expire",
+        "_fire",
+        "_first",
+        "_running",
+        "_waiters",
+        "data",
+        "outcome",
+        "run_after",
+        "spec",
+        "state",
+    )
 
     def __init__(
         self,
@@ -90,12 +143,12 @@ class TaskActor(RuntimeActor):
         crashed: BaseException | None = None,
         exhausted: bool = False,
     ) -> None:
-        super().__init__()
+        self._board = spec.board
+        self._stopped = False
         now = _monotonic() if filled_at is None else filled_at
+        TaskContext.__init__(self, task_id, spec.name, task_type, now, now + life_span)
         self.spec = spec
-        self.task_id = task_id
         self.data = data
-        self.ctx = TaskContext(task_id, spec.name, task_type, now, now + life_span)
         self.run_after = run_after
         self.state = WAITING
         self.outcome: Outcome | None = None
@@ -103,28 +156,45 @@ class TaskActor(RuntimeActor):
         self._expire: Timer | None = None
         self._running: RunHandle | None = None
         self._waiters: list[pykka.Future[Any]] | None = None
-        self._crashed = crashed
-        self._exhausted = exhausted
+        self._first: _Start | None = (
+            _START if crashed is None and not exhausted else _Start(crashed, exhausted)
+        )
+
+    @property
+    def ctx(self) -> TaskContext:
+        """The context handed to the task's hooks: the task itself."""
+        return self
 
     # lifecycle -------------------------------------------------------------------
-    def on_start(self) -> None:
-        """Arm the life-span timer, then run at once or arm the ``run_after`` timer."""
-        if self._crashed is not None:
-            self._end(Outcome.EXECUTE_ERROR, self._crashed)
+    def start(self) -> None:
+        """Deliver the first message (:meth:`on_start` runs here unless someone is faster)."""
+        first, self._first = self._first, None
+        self._deliver(first if first is not None else _START)
+
+    def on_start(self, first: _Start = _START) -> None:
+        """Run at once (arming the life-span timer) or arm the ``run_after`` timer.
+
+        A waiting time bomb holds one timer: its life span is armed when it fires.
+        """
+        if first.crashed is not None:
+            self._end(Outcome.EXECUTE_ERROR, first.crashed)
             return
-        if self._exhausted:
+        if first.exhausted:
             self._end(Outcome.EXHAUSTED)  # its life span ran out before it was filled
             return
-        timers = self.runtime.timers
+        timers = self.spec.runtime.timers
         ctx = self.ctx
-        self._expire = timers.schedule(ctx.deadline, self.actor_ref, m.EXPIRE)
-        if self.run_after > 0:
-            self._fire = timers.schedule(ctx.filled_at + self.run_after, self.actor_ref, m.FIRE)
+        fire_at = ctx.filled_at + self.run_after
+        if self.run_after > 0 and fire_at < ctx.deadline:
+            # One timer at a time: the life-span timer is armed once it fires.
+            self._fire = timers.schedule(fire_at, self, m.FIRE)
             if self.spec.verbose:
                 logger.info(
                     "[%s] task %s waits %.3fs", self.spec.name, self.task_id, self.run_after
                 )
-        else:
+            return
+        self._expire = timers.schedule(ctx.deadline, self, m.EXPIRE)
+        if self.run_after <= 0:
             self._execute()
 
     def on_failure(
@@ -134,7 +204,10 @@ class TaskActor(RuntimeActor):
         traceback: TracebackType | None,
     ) -> None:
         """Tell the bucket (our supervisor), which gives the task its end and frees its id."""
-        self._disarm()
+        try:
+            self._disarm()
+        except Exception:  # the crash may have left it half-way: the end must still come
+            logger.exception("[%s] disarming crashed task %s failed", self.spec.name, self.task_id)
         claimed = self.outcome if self.state >= ENDING else None
         tell_quietly(
             self.spec.bucket,
@@ -157,18 +230,24 @@ class TaskActor(RuntimeActor):
             else:
                 self._on_end_done(message.error)
             return None
+        if kind is _Start:
+            self.on_start(message)
+            return None
         if kind is m.Fire:
-            if self.state == WAITING:
+            if self.state == WAITING and self._fire is not None:
+                timers = self.spec.runtime.timers
+                timers.cancel(self._fire)  # a no-op once it fired (it may be a tell of Fire)
                 self._fire = None
+                self._expire = timers.schedule(self.ctx.deadline, self, m.EXPIRE)
                 self._execute()
             return None
         if kind is m.Expire:
             if self.state in _LIVE and self.state != HANDING:
-                self._expire = None
-                self._end(Outcome.EXHAUSTED)
+                self._end(Outcome.EXHAUSTED)  # cancelling a timer that fired is a no-op
             return None
         if kind is m.Retry:
             if self.state == RETRY_WAIT:
+                self.spec.runtime.timers.cancel(self._fire)
                 self._fire = None
                 self._execute()
             return None
@@ -184,12 +263,17 @@ class TaskActor(RuntimeActor):
             return self._release_handoff(message.placed)
         return super().on_receive(message)
 
+    def on_stop_request(self) -> None:
+        """A pykka ``stop()`` through a task ref drains the task (it ends without a hook)."""
+        if self._drain(None):
+            tell_quietly(self.spec.bucket, m.TaskEnded(self.task_id, Outcome.DRAINED))
+
     def _reserve(self) -> RescuedTask | None:
         if self.state != WAITING:
             return None
         self.state = HANDING
         if self._fire is not None:
-            self.runtime.timers.cancel(self._fire)
+            self.spec.runtime.timers.cancel(self._fire)
             self._fire = None
         return self._record()
 
@@ -203,7 +287,7 @@ class TaskActor(RuntimeActor):
             if self.spec.verbose:
                 logger.info("[%s] task %s handed off to a peer", self.spec.name, self.task_id)
             tell_quietly(self.spec.bucket, m.TaskEnded(self.task_id, Outcome.HANDED_OFF))
-            self._stop()
+            self._stopped = True
             return True
         return self._panic()
 
@@ -244,7 +328,7 @@ class TaskActor(RuntimeActor):
                         error,
                     )
                 self.state = RETRY_WAIT
-                self._fire = self.runtime.timers.schedule(due, self.actor_ref, m.RETRY)
+                self._fire = self.spec.runtime.timers.schedule(due, self, m.RETRY)
                 return
         self._end(Outcome.EXECUTE_ERROR, error)
 
@@ -296,7 +380,7 @@ class TaskActor(RuntimeActor):
         if self._waiters:
             for waiter in self._waiters:
                 waiter.set(True)
-        self._stop()
+        self._stopped = True
 
     def _drain(self, reply: pykka.Future[Any] | None) -> bool:
         if self.state not in _LIVE:
@@ -311,7 +395,7 @@ class TaskActor(RuntimeActor):
             logger.info("[%s] task %s drained", self.spec.name, self.task_id)
         if reply is not None:
             tell_quietly(self.spec.bucket, m.TaskEnded(self.task_id, Outcome.DRAINED, reply))
-        self._stop()
+        self._stopped = True
         return True
 
     def _panic(self) -> tuple[RescuedTask | None, pykka.Future[Any] | None]:
@@ -359,7 +443,7 @@ class TaskActor(RuntimeActor):
     def _disarm(self, cancel: bool = True) -> None:
         if cancel:
             self.ctx._cancel()
-        timers = self.runtime.timers
+        timers = self.spec.runtime.timers
         if self._fire is not None:
             timers.cancel(self._fire)
             self._fire = None
@@ -381,9 +465,8 @@ class TaskActor(RuntimeActor):
     ) -> RunHandle | None:
         fn, is_async = entry
         load = self.spec.load if kind is HookKind.EXECUTE else None
+        runtime = self.spec.runtime
         if is_async:
-            return self.runtime.async_runner.submit(
-                fn, args, self.actor_ref, kind, urgent=urgent, load=load
-            )
-        self.runtime.threads.submit(fn, args, self.actor_ref, kind, urgent=urgent, load=load)
+            return runtime.async_runner.submit(fn, args, self, kind, urgent=urgent, load=load)
+        runtime.threads.submit(fn, args, self, kind, urgent=urgent, load=load)
         return None

@@ -20,10 +20,8 @@ import threading
 import time
 from typing import Any
 
-import pykka
-
 from gobucket import _threads
-from gobucket._threads import mark_runtime_thread
+from gobucket._threads import Recipient, mark_runtime_thread
 
 __all__ = ["Timer", "TimerService"]
 
@@ -38,7 +36,10 @@ class Timer:
 
     __slots__ = ("cancelled", "message", "slot", "target")
 
-    def __init__(self, slot: int, target: pykka.ActorRef[Any], message: Any) -> None:
+    target: Recipient | None
+    """Who is told ``message``; None once the timer fired or was cancelled."""
+
+    def __init__(self, slot: int, target: Recipient, message: Any) -> None:
         self.slot = slot
         self.target = target
         self.message = message
@@ -97,7 +98,7 @@ class TimerService:
         """Timers in the wheel (requests not yet taken in by the thread are not counted)."""
         return self._count
 
-    def schedule(self, due: float, target: pykka.ActorRef[Any], message: Any) -> Timer:
+    def schedule(self, due: float, target: Recipient, message: Any) -> Timer:
         """Tell ``message`` to ``target`` at ``due`` (a ``time.monotonic()`` value).
 
         A ``due`` of +infinity is kept but never fires (until cancelled); one of
@@ -119,6 +120,9 @@ class TimerService:
         if timer is None or timer.cancelled:
             return
         timer.cancelled = True
+        # Let go of the target now: a cancelled timer may wait in the wheel until
+        # the thread next wakes, and must not keep a finished task alive so long.
+        timer.target = None
         incoming = self._incoming
         incoming.append(timer)  # so that the thread frees its slot entry
         if len(incoming) > _BATCH:
@@ -198,10 +202,15 @@ class TimerService:
                 if timer.cancelled:
                     continue
                 timer.cancelled = True  # fired: a later cancel() is a no-op
+                target = timer.target
+                if target is None:
+                    continue  # cancelled by another thread just now
+                timer.target = None
                 try:
-                    tell_quietly(timer.target, timer.message)
+                    tell_quietly(target, timer.message)
                 except Exception:
-                    logger.exception("timer delivery to %s failed", timer.target)
+                    logger.exception("timer delivery to %s failed", target)
+                target = None  # a sleeping thread must not keep the last task alive
             # Publish when we mean to wake up *before* taking requests in: a
             # request for an earlier time arriving after this wakes us.
             self._wake_slot = heap[0] if heap else math.inf

@@ -9,9 +9,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import pykka
-
-from gobucket._threads import mark_runtime_thread
+from gobucket._threads import Recipient, mark_runtime_thread
 from gobucket.executors.load import WorkLoad
 from gobucket.executors.runner import HookKind, never_started, report
 
@@ -40,7 +38,7 @@ class AsyncHookRunner:
         self,
         fn: Callable[..., Awaitable[Any]],
         args: tuple[Any, ...],
-        reply_to: pykka.ActorRef[Any],
+        reply_to: Recipient,
         kind: HookKind,
         *,
         urgent: bool = False,
@@ -63,7 +61,7 @@ class AsyncHookRunner:
 async def _call(
     fn: Callable[..., Awaitable[Any]],
     args: tuple[Any, ...],
-    reply_to: pykka.ActorRef[Any],
+    reply_to: Recipient,
     kind: HookKind,
     load: WorkLoad | None,
 ) -> None:

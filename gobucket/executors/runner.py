@@ -17,6 +17,8 @@ from typing import Any, NamedTuple, Protocol
 
 import pykka
 
+from gobucket._threads import Recipient
+
 __all__ = ["HookDone", "HookKind", "HookRunner", "RunHandle", "never_started", "report"]
 
 logger = logging.getLogger("gobucket.executors")
@@ -50,7 +52,7 @@ def never_started(kind: HookKind, args: tuple[Any, ...]) -> bool:
     return kind is _EXECUTE and bool(args) and getattr(args[0], "cancelled", False) is True
 
 
-def report(reply_to: pykka.ActorRef[Any], kind: HookKind, error: BaseException | None) -> None:
+def report(reply_to: Recipient, kind: HookKind, error: BaseException | None) -> None:
     """Tell ``reply_to`` that a hook of ``kind`` ended (with ``error``, if it raised)."""
     if error is not None:
         message = HookDone(kind, error)
@@ -83,7 +85,7 @@ class HookRunner(Protocol):
         self,
         fn: Callable[..., Any] | Callable[..., Awaitable[Any]],
         args: tuple[Any, ...],
-        reply_to: pykka.ActorRef[Any],
+        reply_to: Recipient,
         kind: HookKind,
         *,
         urgent: bool = False,

@@ -27,10 +27,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import pykka
-
 from gobucket._ratelimit import RateLimitedLog
-from gobucket._threads import mark_runtime_thread
+from gobucket._threads import Recipient, mark_runtime_thread
 from gobucket.executors.load import WorkLoad
 from gobucket.executors.runner import HookKind, report
 
@@ -38,9 +36,7 @@ __all__ = ["ThreadHookRunner"]
 
 logger = logging.getLogger("gobucket.executors")
 
-_Job = tuple[
-    Callable[..., Any], tuple[Any, ...], pykka.ActorRef[Any] | None, HookKind, WorkLoad | None
-]
+_Job = tuple[Callable[..., Any], tuple[Any, ...], Recipient | None, HookKind, WorkLoad | None]
 _EXECUTE = HookKind.EXECUTE
 _END = HookKind.END
 
@@ -99,7 +95,7 @@ class ThreadHookRunner:
         self,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
-        reply_to: pykka.ActorRef[Any],
+        reply_to: Recipient,
         kind: HookKind,
         *,
         urgent: bool = False,
@@ -220,6 +216,7 @@ class ThreadHookRunner:
                         return
                     continue
             _run(job, None)
+            job = None  # an idle worker must not keep the last task alive
 
     # execute threads -------------------------------------------------------------------
     def _work(self) -> None:
@@ -245,6 +242,7 @@ class ThreadHookRunner:
                     return
                 continue
             _run(job, local)
+            job = None  # an idle worker must not keep the last task alive
             while follow_ups:
                 _run(follow_ups.pop(), local)
 

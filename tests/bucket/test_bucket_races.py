@@ -234,10 +234,13 @@ def test_drain_of_a_task_that_ends_meanwhile_raises_task_not_found(
     original = BucketActor._drain
 
     def drain_after_the_task_ended(self, task_id):
-        ref = self.tasks.get(task_id)
-        if task_id == "x" and ref is not None:
+        task = self.tasks.get(task_id)
+        if task_id == "x" and task is not None:
             release.set()  # on_finish returns now; the task ends and stops
-            assert ref.actor_stopped.wait(WAIT)
+            deadline = time.monotonic() + WAIT
+            while task.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.005)  # its end runs on a worker thread
+            assert not task.is_alive()
         return original(self, task_id)
 
     monkeypatch.setattr(BucketActor, "_drain", drain_after_the_task_ended)
