@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import signal
 import subprocess
 import sys
 import threading
@@ -78,6 +79,7 @@ class ChildProcess:
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            self._dump_stacks()
             pytest.fail(
                 f"the child did not exit within {timeout}s of the signal (hung); "
                 f"stderr:\n{self.stderr()}"
@@ -87,6 +89,13 @@ class ChildProcess:
         if self.signalled_at is not None:
             self.exit_seconds = time.monotonic() - self.signalled_at
         return code
+
+    def _dump_stacks(self) -> None:
+        """Have a hung child write every thread's stack to its stderr (see faulthandler)."""
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGUSR1)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(2.0)  # faulthandler writes at once; this only gives it the CPU
 
     def kill(self) -> None:
         if self.proc.poll() is None:

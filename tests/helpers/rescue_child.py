@@ -30,6 +30,7 @@ Modes (the first argument):
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import signal
@@ -167,6 +168,8 @@ def write_loop(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    # A test that finds this child hung sends SIGUSR1 for every thread's stack.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=("fill", "signal-in-fill", "replay", "write-loop"))
     parser.add_argument("--jsonl")

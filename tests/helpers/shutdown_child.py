@@ -41,6 +41,7 @@ Modes (the first argument):
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import random
@@ -362,6 +363,8 @@ def pending(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    # A test that finds this child hung sends SIGUSR1 for every thread's stack.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=("churn", "stuck", "pending"))
     parser.add_argument("--out", required=True, help="a directory for the event logs")
