@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self, overload
 
 import pykka
 
@@ -424,6 +424,48 @@ class TaskBucketGroup:
         except KeyError:
             raise GoBucketError(f"this group has no bucket named {name!r}") from None
 
+    @overload
+    def fill(
+        self,
+        bucket: str,
+        id: str,
+        data: Any = None,
+        *,
+        task_type: TaskType = TaskType.IMMEDIATE,
+        run_after: Duration | None = None,
+        life_span: Duration | None = None,
+        timeout: float | None = None,
+        block: Literal[True] = True,
+    ) -> Placement: ...
+
+    @overload
+    def fill(
+        self,
+        bucket: str,
+        id: str,
+        data: Any = None,
+        *,
+        task_type: TaskType = TaskType.IMMEDIATE,
+        run_after: Duration | None = None,
+        life_span: Duration | None = None,
+        timeout: float | None = None,
+        block: Literal[False],
+    ) -> pykka.Future[Placement]: ...
+
+    @overload
+    def fill(
+        self,
+        bucket: str,
+        id: str,
+        data: Any = None,
+        *,
+        task_type: TaskType = TaskType.IMMEDIATE,
+        run_after: Duration | None = None,
+        life_span: Duration | None = None,
+        timeout: float | None = None,
+        block: bool,
+    ) -> Placement | pykka.Future[Placement]: ...
+
     def fill(
         self,
         bucket: str,
@@ -435,16 +477,39 @@ class TaskBucketGroup:
         life_span: Duration | None = None,
         timeout: float | None = None,
         block: bool = True,
-    ) -> Any:
+    ) -> Placement | pykka.Future[Placement]:
         """Fill locally, or on the peer with most room; wait for its acknowledgement.
 
-        With ``block=False`` a pykka future of the :class:`Placement` is returned
-        instead (the same as :meth:`fill_async`).
+        Takes the arguments of ``TaskBucket.fill`` plus the bucket's name, and
+        returns where the task lives now.
+
+        Args:
+            bucket: the name of a local bucket (the same name on every node).
+            id, data, task_type, run_after, life_span: as for ``TaskBucket.fill``;
+                ``data`` must be msgpack-able (it may travel to a peer).
+            timeout: with ``block=True``, how long to wait for a peer's
+                acknowledgement; past it ``pykka.Timeout`` is raised and the fill
+                is *not* cancelled (it may still be placed). Ignored with
+                ``block=False``.
+            block: ``True`` (the default) waits and returns the
+                :class:`Placement`. ``False`` returns a ``pykka.Future`` of it at
+                once, exactly like :meth:`fill_async`: ``future.get(timeout=...)``
+                waits for it, and the errors below that come from a peer are raised
+                by ``get()``. A local fill's future is already resolved.
+
+        Returns:
+            The :class:`Placement` (``block=True``) or a ``pykka.Future`` of it
+            (``block=False``).
 
         Raises:
-            NoPeerAvailableError: the local bucket is full and no peer took the task.
-            PeerLostTaskError: the chosen peer was lost before acknowledging.
-            DuplicateTaskError, InvalidArgumentError: as for ``TaskBucket.fill``.
+            NoPeerAvailableError: the local bucket is full (or closed) and no peer
+                took the task; also at once after :meth:`stop`.
+            PeerLostTaskError: the chosen peer was lost before acknowledging (it
+                may or may not have the task).
+            DuplicateTaskError, InvalidArgumentError: as for ``TaskBucket.fill``,
+                or refused by the peer.
+            GoBucketError: no bucket of that name, or the local bucket is full and
+                the group was not started.
         """
         future = self.fill_async(
             bucket, id, data, task_type=task_type, run_after=run_after, life_span=life_span

@@ -14,7 +14,25 @@ from rich.text import Text
 
 from gobucket import BucketConfig, Executor, TaskBucket, TaskContext, TaskType
 
-__all__ = ["DemoExecutor", "run_demo"]
+__all__ = ["MAX_SPEED", "MIN_SPEED", "DemoExecutor", "check_speed", "run_demo"]
+
+MIN_SPEED = 0.1
+"""Slowest ``--speed``: ten times slower than real time (about a minute and a half)."""
+MAX_SPEED = 10.0
+"""Fastest ``--speed``: beyond it the demo's timings are too short to watch, or to keep."""
+
+
+def check_speed(speed: float) -> float:
+    """``speed`` if the demo can run at it, else :class:`ValueError` (also for NaN, inf).
+
+    Every duration of the demo is divided by it: 2 runs twice as fast.
+    """
+    if not MIN_SPEED <= speed <= MAX_SPEED:  # NaN compares false: refused too
+        raise ValueError(
+            f"must be a number from {MIN_SPEED:g} to {MAX_SPEED:g} "
+            f"(2 runs twice as fast), not {speed!r}"
+        )
+    return speed
 
 
 @dataclass
@@ -98,50 +116,82 @@ def _table(executor: DemoExecutor) -> Table:
     return table
 
 
-def run_demo(speed: float = 1.0, plain: bool = False) -> int:
-    """Run the demo; returns 0 when every task ended the way the script expected."""
-    console = Console()
-    executor = DemoExecutor(speed=speed)
-    s = 1.0 / speed
-    config = BucketConfig(life_span=6 * s, max_bucket=64, run_after=1.5 * s, name="demo")
-    plan: list[tuple[str, TaskType, dict[str, Any], dict[str, float]]] = [
-        *[(f"email::{i}", TaskType.IMMEDIATE, {"work": 0.3 + 0.2 * i}, {}) for i in range(1, 6)],
+@dataclass(frozen=True)
+class _Step:
+    """One task the demo fills, and how it is expected to end."""
+
+    task_id: str
+    task_type: TaskType
+    data: dict[str, Any]
+    expected: str
+    overrides: dict[str, float] = field(default_factory=dict)
+
+
+def _plan(s: float) -> list[_Step]:
+    """The tasks of the demo; ``s`` scales every duration (``1 / speed``)."""
+    return [
         *[
-            (
+            _Step(f"email::{i}", TaskType.IMMEDIATE, {"work": 0.3 + 0.2 * i}, "finished")
+            for i in range(1, 6)
+        ],
+        *[
+            _Step(
                 f"reminder::{i}",
                 TaskType.TIME_BOMB,
                 {"work": 0.4},
+                "finished",
                 {"run_after": (0.8 + 0.6 * i) * s},
             )
             for i in range(1, 4)
         ],
-        ("reminder::cancelled", TaskType.TIME_BOMB, {"work": 0.4}, {"run_after": 2.5 * s}),
-        ("report::huge", TaskType.IMMEDIATE, {"work": 30}, {"life_span": 2.0 * s}),
-        ("payment::declined", TaskType.IMMEDIATE, {"work": 0.6, "fail": "card declined"}, {}),
-        (
+        _Step(
+            "reminder::cancelled",
+            TaskType.TIME_BOMB,
+            {"work": 0.4},
+            "drained",
+            {"run_after": 2.5 * s},
+        ),
+        _Step(
+            "report::huge", TaskType.IMMEDIATE, {"work": 30}, "exhausted", {"life_span": 2.0 * s}
+        ),
+        _Step(
+            "payment::declined",
+            TaskType.IMMEDIATE,
+            {"work": 0.6, "fail": "card declined"},
+            "failed",
+        ),
+        _Step(
             "backup::nightly",
             TaskType.TIME_BOMB,
             {"work": 1},
+            "rescued",
             {"run_after": 60 * s, "life_span": 120 * s},
         ),
     ]
-    expected = {
-        **{f"email::{i}": "finished" for i in range(1, 6)},
-        **{f"reminder::{i}": "finished" for i in range(1, 4)},
-        "reminder::cancelled": "drained",
-        "report::huge": "exhausted",
-        "payment::declined": "failed",
-        "backup::nightly": "rescued",
-    }
+
+
+def run_demo(speed: float = 1.0, plain: bool = False) -> int:
+    """Run the demo; returns 0 when every task ended the way the script expected.
+
+    Raises:
+        ValueError: ``speed`` is outside ``MIN_SPEED..MAX_SPEED`` (see :func:`check_speed`).
+    """
+    check_speed(speed)
+    console = Console()
+    executor = DemoExecutor(speed=speed)
+    s = 1.0 / speed
+    config = BucketConfig(life_span=6 * s, max_bucket=64, run_after=1.5 * s, name="demo")
+    plan = _plan(s)
+    expected = {step.task_id: step.expected for step in plan}
     bucket = TaskBucket(config, executor)
     stop = threading.Event()
 
     def script(set_phase: Any) -> None:
-        set_phase("filling 11 tasks")
-        for task_id, task_type, data, overrides in plan:
+        set_phase(f"filling {len(plan)} tasks")
+        for step in plan:
             with executor.lock:
-                executor.records[task_id] = _Record(task_type.value)
-            bucket.fill(task_type, task_id, data, **overrides)
+                executor.records[step.task_id] = _Record(step.task_type.value)
+            bucket.fill(step.task_type, step.task_id, step.data, **step.overrides)
         time.sleep(0.7 * s)
         set_phase("draining reminder::cancelled")
         bucket.drain("reminder::cancelled")

@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from gobucket import __version__
+
 __all__ = ["build_parser", "main"]
 
 
@@ -15,10 +17,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gobucket", description="In-memory background jobs as actors."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log each task's life")
+    parser.add_argument(
+        "--version", action="version", version=f"gobucket {__version__}", help="print the version"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run a standalone bucket you can watch (no network)")
     demo.add_argument(
-        "--speed", type=float, default=1.0, help="time scale: 2 runs twice as fast (default 1)"
+        "--speed", type=_speed, default=1.0, help="time scale: 2 runs twice as fast (default 1)"
     )
     demo.add_argument("--plain", action="store_true", help="no live display, plain lines")
     peers = sub.add_parser("peers", help="browse the LAN (mDNS) for gobucket nodes")
@@ -32,6 +37,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _speed(text: str) -> float:
+    """``demo --speed``: a number the demo can run at, or a usage error (not a traceback)."""
+    # why: a subcommand's module (and what it imports) loads only when it runs
+    from gobucket.cli.demo import check_speed
+
+    try:
+        speed = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    try:
+        return check_speed(speed)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``gobucket`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -41,9 +61,6 @@ def main(argv: list[str] | None = None) -> int:
         # why: a subcommand's module (and what it imports) loads only when it runs
         from gobucket.cli.demo import run_demo
 
-        if args.speed <= 0:
-            print("gobucket demo: --speed must be > 0", file=sys.stderr)
-            return 2
         return run_demo(speed=args.speed, plain=args.plain)
     if args.command == "peers":
         # why: a subcommand's module (and what it imports) loads only when it runs
