@@ -40,8 +40,8 @@ def require() -> ModuleType:
 
 def _collector_module() -> ModuleType:
     require()
-    # why: the collector imports prometheus_client (an optional extra) and the bucket
-    # facade at module level; it is loaded only once metrics are asked for.
+    # The collector imports prometheus_client (an optional extra) at module level.
+    # why: loaded only once metrics are asked for, so gobucket imports without the extra
     from gobucket.metrics import collector
 
     return collector
