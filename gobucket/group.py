@@ -17,7 +17,7 @@ import pykka
 from gobucket.actors import messages as m
 from gobucket.actors._future import done_future
 from gobucket.actors.actor import call
-from gobucket.actors.group import GroupActor, ScheduleFailed
+from gobucket.actors.group import GroupActor, RouteCounts, ScheduleFailed
 from gobucket.actors.messages import Discovered, GetPeers, RouteFill, StopGroup
 from gobucket.actors.runtime import ActorRuntime, default_runtime
 from gobucket.actors.supervisor import Supervised
@@ -33,6 +33,7 @@ from gobucket.errors import (
     InvalidArgumentError,
     NoPeerAvailableError,
 )
+from gobucket.metrics import expose as metrics
 from gobucket.recovery.collect import RescueReport
 from gobucket.recovery.record import RescuedTask
 from gobucket.serve import BucketServer
@@ -92,6 +93,11 @@ class TaskBucketGroup:
             announces this cluster's name by mDNS may connect (its address joins the
             allow list), fill tasks here and be sent this node's overflow. Only for a
             network you fully trust; a warning is logged.
+        metrics_port: serve Prometheus metrics of this node's buckets and peers on
+            ``host:metrics_port`` (``/metrics``) from :meth:`start` to :meth:`stop`
+            (0 picks a free port, see :attr:`metrics_address`). Needs the
+            ``metrics`` extra (``pip install 'gobucket[metrics]'``); see
+            :mod:`gobucket.metrics`.
     """
 
     def __init__(
@@ -112,6 +118,7 @@ class TaskBucketGroup:
         interfaces: Iterable[str] | None = None,
         debug: bool = False,
         insecure: bool = False,
+        metrics_port: int | None = None,
     ) -> None:
         if not isinstance(buckets, Mapping) or not buckets:
             raise InvalidArgumentError("buckets must be a non-empty mapping of name to TaskBucket")
@@ -137,6 +144,12 @@ class TaskBucketGroup:
             raise InvalidArgumentError(f"discovery must be True, False or None, got {discovery!r}")
         if not isinstance(insecure, bool):
             raise InvalidArgumentError(f"insecure must be True or False, got {insecure!r}")
+        if metrics_port is not None:
+            if isinstance(metrics_port, bool) or not isinstance(metrics_port, int):
+                raise InvalidArgumentError(f"metrics_port must be an int, got {metrics_port!r}")
+            if not 0 <= metrics_port < 65536:
+                raise InvalidArgumentError(f"metrics_port must be 0..65535, got {metrics_port!r}")
+            metrics.require()  # fail here, not at start(), if the extra is missing
         if discovery is None:
             discovery = secret is not None  # on with a secret, off without one
         if discovery and secret is None and not insecure:
@@ -186,6 +199,10 @@ class TaskBucketGroup:
             ping_interval=self.ping_interval,
         )
         self._group: Supervised[GroupActor] | None = None  # the GroupActor, once started
+        self._routed = RouteCounts()  # how overflow fills ended (read by gobucket.metrics)
+        self._metrics_port = metrics_port
+        self._metrics_host = host
+        self._metrics: metrics.MetricsServer | None = None
         self._key = f"group:{self.node_id}"
         self._known: dict[tuple[str, int], PeerUp] = {}
         self._started = False
@@ -214,7 +231,22 @@ class TaskBucketGroup:
             if self._started:
                 return self
             self._started = True
-        self._network.start()
+        if self._metrics_port is not None:
+            try:
+                self._metrics = metrics.serve(
+                    self._metrics_port, self._metrics_host, sources=[self]
+                )
+            except BaseException:
+                with self._lock:
+                    self._started = False
+                raise
+        try:
+            self._network.start()
+        except BaseException:
+            if self._metrics is not None:
+                self._metrics.stop()
+                self._metrics = None
+            raise
         self._group = Supervised(
             self._runtime.supervisor,
             self._key,
@@ -227,6 +259,11 @@ class TaskBucketGroup:
             source.start(self._on_peer_event)
         return self
 
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """Where the metrics endpoint listens (None without ``metrics_port`` or before start)."""
+        return None if self._metrics is None else self._metrics.address
+
     def _spawn_group(self) -> pykka.ActorRef[GroupActor]:
         return GroupActor.start_on(
             self._runtime,
@@ -235,6 +272,7 @@ class TaskBucketGroup:
             self.ping_interval,
             lambda: self.on_peer_schedule_failed,
             self._key,
+            self._routed,
         )
 
     def _group_restarted(self, fresh: pykka.ActorRef[Any], _panics: list[Any]) -> None:
@@ -322,6 +360,8 @@ class TaskBucketGroup:
                 logger.exception("stopping peer source %r failed", source)
         if self._group is not None:
             self._group.ref.stop()
+        if self._metrics is not None:
+            self._metrics.stop()
         if handoff:
             for name, bucket in self._buckets.items():
                 try:

@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import logging
 import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
     from gobucket.wire.connection import PeerHello
     from gobucket.wire.node import NetworkNode
 
-__all__ = ["GroupActor", "ScheduleFailed"]
+__all__ = ["GroupActor", "RouteCounts", "ScheduleFailed"]
 
 logger = logging.getLogger("gobucket.group")
 
@@ -107,6 +108,43 @@ class _Peer:
         return load[1] - load[0] - self.sent_since_report.get(bucket, 0)
 
 
+class RouteCounts:
+    """How this node's overflow fills ended, per bucket: placed on a peer, or why not.
+
+    The group facade owns it (it outlives restarts of the GroupActor), the
+    actor counts into it; :mod:`gobucket.metrics` reads it.
+    """
+
+    __slots__ = ("_counts", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str], int] = {}
+
+    def count(self, bucket: str, result: str) -> None:
+        """One overflow fill of ``bucket`` ended with ``result`` ("placed" or a reason)."""
+        with self._lock:
+            key = (bucket, result)
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def snapshot(self) -> dict[tuple[str, str], int]:
+        """``{(bucket, result): count}`` at this instant."""
+        with self._lock:
+            return dict(self._counts)
+
+
+def _failure_reason(error: BaseException) -> str:
+    if isinstance(error, NoPeerAvailableError):
+        return "no_peer"
+    if isinstance(error, PeerLostTaskError):
+        return "peer_lost"
+    if isinstance(error, DuplicateTaskError):
+        return "duplicate"
+    if isinstance(error, InvalidArgumentError):
+        return "bad_data"
+    return "error"
+
+
 @dataclass
 class _Route:
     bucket: str
@@ -127,9 +165,11 @@ class GroupActor(RuntimeActor):
         ping_interval: float,
         on_failed: Callable[[], ScheduleFailed | None],
         supervisor_key: str | None = None,
+        routed: RouteCounts | None = None,
     ) -> None:
         super().__init__()
         self.supervisor_key = supervisor_key
+        self.routed = routed if routed is not None else RouteCounts()
         self.node_id = node_id
         self.network = network
         self.ping_interval = ping_interval
@@ -158,6 +198,7 @@ class GroupActor(RuntimeActor):
                 f"the group actor failed while task {route.task_id!r} was being placed; "
                 "it may or may not have reached a peer"
             )
+            self.routed.count(route.bucket, "peer_lost")
             with contextlib.suppress(queue.Full):
                 route.reply.set_exception((type(error), error, None))
         for peer in self.peers.values():
@@ -246,6 +287,7 @@ class GroupActor(RuntimeActor):
         if isinstance(reply, Ack):
             if reply.ok:
                 node = peer.node if peer and peer.node else f"{msg.address[0]}:{msg.address[1]}"
+                self.routed.count(route.bucket, "placed")
                 route.reply.set(Placement(False, node, route.bucket, route.task_id, msg.address))
                 return
             code = reply.code
@@ -288,6 +330,7 @@ class GroupActor(RuntimeActor):
         report: tuple[str, int] | None = None,
     ) -> None:
         self.routes.pop(route_id, None)
+        self.routed.count(route.bucket, _failure_reason(error))
         callback = self._on_failed()
         if callback is not None:
             where = report or (next(iter(route.tried)) if route.tried else None)

@@ -464,9 +464,19 @@ class TaskActor(TaskContext, LightActor):
         urgent: bool = False,
     ) -> RunHandle | None:
         fn, is_async = entry
-        load = self.spec.load if kind is HookKind.EXECUTE else None
-        runtime = self.spec.runtime
+        spec = self.spec
+        observer = spec.load.observer
+        if observer is not None:  # metrics are on (gobucket.metrics)
+            fn = observer.timed(fn, is_async, kind, self._due(kind))
+        load = spec.load if kind is HookKind.EXECUTE else None
+        runtime = spec.runtime
         if is_async:
             return runtime.async_runner.submit(fn, args, self, kind, urgent=urgent, load=load)
         runtime.threads.submit(fn, args, self, kind, urgent=urgent, load=load)
+        return None
+
+    def _due(self, kind: HookKind) -> float | None:
+        """When a time bomb's first ``on_execute`` was due (None for any other hook)."""
+        if kind is HookKind.EXECUTE and self.run_after > 0 and self.attempt == 1:
+            return self.filled_at + self.run_after
         return None

@@ -21,14 +21,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gobucket._ratelimit import RateLimitedLog
 
 if TYPE_CHECKING:
     from gobucket.context import TaskContext
+    from gobucket.executors.runner import HookKind
 
-__all__ = ["OVERRUN_WARNING", "LoadSnapshot", "WorkLoad"]
+__all__ = ["OVERRUN_WARNING", "HookObserver", "LoadSnapshot", "WorkLoad"]
 
 OVERRUN_WARNING = 1.0
 """An ``on_execute`` returning this many seconds after its task ended is logged."""
@@ -47,13 +49,35 @@ class LoadSnapshot:
         self.overrunning = overrunning
 
 
-class WorkLoad:
-    """One bucket's ``on_execute`` calls: queued, running, and overrunning ids."""
+class HookObserver(Protocol):
+    """Watches one bucket's hooks (metrics); set as :attr:`WorkLoad.observer` to enable.
 
-    __slots__ = ("_lock", "_queued", "_running", "name", "warnings")
+    While no observer is set (the default), a task pays one ``None`` check per hook.
+    """
+
+    def timed(
+        self, fn: Callable[..., Any], is_async: bool, kind: HookKind, due: float | None
+    ) -> Callable[..., Any]:
+        """``fn`` wrapped to record how long it runs (``is_async``: a coroutine function).
+
+        ``due`` (monotonic seconds) is when a time bomb's first ``on_execute`` was
+        due: the wrapper also records how late that call started.
+        """
+        ...
+
+
+class WorkLoad:
+    """One bucket's ``on_execute`` calls: queued, running, and overrunning ids.
+
+    It outlives restarts of the bucket's actor (the facade owns it), so it also
+    carries the bucket's optional :class:`HookObserver` (``observer``).
+    """
+
+    __slots__ = ("_lock", "_queued", "_running", "name", "observer", "warnings")
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.observer: HookObserver | None = None
         self._lock = threading.Lock()
         self._queued = 0
         self._running: dict[str, TaskContext] = {}
