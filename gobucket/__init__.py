@@ -35,7 +35,15 @@ from gobucket.recovery import (
     replay,
     rescue_on_error,
 )
-from gobucket.types import BucketStats, Outcome, PeerInfo, Placement
+from gobucket.types import (
+    BucketStats,
+    NodeStatus,
+    Outcome,
+    PeerInfo,
+    Placement,
+    TaskState,
+    TaskStatus,
+)
 
 __version__ = "0.1.0"
 
@@ -56,6 +64,7 @@ __all__ = [
     "InvalidArgumentError",
     "JsonlRescueSink",
     "NoPeerAvailableError",
+    "NodeStatus",
     "Outcome",
     "PeerInfo",
     "PeerLostTaskError",
@@ -70,6 +79,8 @@ __all__ = [
     "TaskBucketGroup",
     "TaskContext",
     "TaskNotFoundError",
+    "TaskState",
+    "TaskStatus",
     "TaskType",
     "__version__",
     "default_runtime",
