@@ -44,6 +44,7 @@ from gobucket.types import (
     TaskState,
     TaskStatus,
 )
+from gobucket.wire.status import StatusError, fetch_status
 
 __version__ = "0.1.0"
 
@@ -74,6 +75,7 @@ __all__ = [
     "RescueTimeoutError",
     "RescuedTask",
     "SinkWriteError",
+    "StatusError",
     "TaskActorCrashedError",
     "TaskBucket",
     "TaskBucketGroup",
@@ -84,6 +86,7 @@ __all__ = [
     "TaskType",
     "__version__",
     "default_runtime",
+    "fetch_status",
     "install_signal_handlers",
     "replay",
     "rescue_on_error",
