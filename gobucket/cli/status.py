@@ -18,12 +18,13 @@ from rich.table import Table
 from rich.text import Text
 
 from gobucket.types import BucketStats, NodeStatus, PeerInfo
-from gobucket.wire.status import StatusError, fetch_status
+from gobucket.wire.status import HandshakeRefusedError, StatusError, fetch_status
 
 __all__ = [
     "BUCKET_COLUMNS",
     "PEER_COLUMNS",
     "buckets_table",
+    "describe_error",
     "format_duration",
     "node_title",
     "peers_table",
@@ -192,6 +193,23 @@ def status_json(status: NodeStatus) -> dict[str, Any]:
     }
 
 
+def describe_error(error: StatusError) -> str:
+    """The error, with a hint of what to check when the handshake was refused."""
+    text = str(error)
+    if not isinstance(error, HandshakeRefusedError):
+        return text
+    lowered = text.lower()
+    if "not_allowed" in lowered or "peer list" in lowered:
+        hint = "a node without a secret lets in only the addresses on its peers list"
+    elif "secret" in lowered:
+        hint = "check the secret (--secret-file, $GOBUCKET_SECRET) and that the node has one"
+    elif "cluster" in lowered:
+        hint = "check --cluster"
+    else:
+        return text
+    return f"{text}\n  hint: {hint}"
+
+
 def run_status(
     address: str,
     secret: bytes | None,
@@ -205,7 +223,7 @@ def run_status(
     try:
         status = fetch_status(address, secret, cluster, timeout=timeout)
     except StatusError as error:
-        print(f"gobucket status: {error}", file=sys.stderr)
+        print(f"gobucket status: {describe_error(error)}", file=sys.stderr)
         return 1
     if as_json:
         sys.stdout.write(json.dumps(status_json(status)) + "\n")

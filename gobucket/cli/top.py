@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from gobucket.cli.status import BUCKET_COLUMNS, bucket_cells, format_duration
+from gobucket.cli.status import BUCKET_COLUMNS, bucket_cells, describe_error, format_duration
 from gobucket.types import NodeStatus
 from gobucket.wire.status import StatusError, fetch_status_async
 
@@ -185,7 +185,7 @@ def _frame(address: str, secret: bytes | None, cluster: str, timeout: float) -> 
         answers = asyncio.run(gather_cluster(address, secret, cluster, timeout))
     except StatusError as error:
         clock = time.strftime("%H:%M:%S")
-        return Text(f"gobucket top · {clock} · {error} (retrying)", style="red")
+        return Text(f"gobucket top · {clock} · {describe_error(error)}\n(retrying)", style="red")
     return top_view(answers, address)
 
 
@@ -207,7 +207,7 @@ def run_top(
         try:
             answers = asyncio.run(gather_cluster(address, secret, cluster, timeout))
         except StatusError as error:
-            print(f"gobucket top: {error}", file=sys.stderr)
+            print(f"gobucket top: {describe_error(error)}", file=sys.stderr)
             return 1
         out.print(top_view(answers, address))
         return 0

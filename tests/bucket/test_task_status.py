@@ -23,6 +23,7 @@ from gobucket import (
     TaskStatus,
     TaskType,
 )
+from gobucket.actors import bucket as bucket_actor
 from gobucket.actors import messages as m
 
 
@@ -147,3 +148,24 @@ def test_end_rates_count_recent_ends(make_bucket: Callable[..., TaskBucket]) -> 
     assert 0.0 < stats.end_rate_10s <= 20.0
     assert 0.0 < stats.end_rate_60s <= 20.0
     assert stats.end_rate_60s <= stats.end_rate_10s
+
+
+def test_the_end_ring_forgets_seconds_older_than_a_minute(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(bucket_actor, "_monotonic", lambda: clock[0])
+    ring = bucket_actor._EndRing()
+    clock[0] = 1030.5  # the ring is 30.5 s old
+    for _ in range(30):
+        ring.count()
+    assert ring.rate(10) == pytest.approx(3.0)
+    assert ring.rate(60) == pytest.approx(30 / 30.5)
+    clock[0] = 1045.5  # 15 s later: out of the 10 s window, still in the minute
+    assert ring.rate(10) == 0.0
+    assert ring.rate(60) == pytest.approx(30 / 45.5)
+    clock[0] = 1089.0  # just inside the minute (the current second is one of the 60)
+    assert ring.rate(60) == pytest.approx(0.5)
+    clock[0] = 1090.0  # 60 s later: forgotten
+    assert ring.rate(60) == 0.0
+    ring.count()
+    clock[0] = 1500.0  # a long silence clears the whole ring at once
+    assert ring.rate(60) == 0.0

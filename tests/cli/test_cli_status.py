@@ -185,7 +185,7 @@ def test_the_wrong_secret_is_a_clear_error(group3: Group3, command: list[str]) -
     result = gobucket(*command, group3.first, env={"GOBUCKET_SECRET": "not-the-secret"})
     assert result.returncode == 1
     assert "handshake refused" in result.stderr
-    assert "secret" in result.stderr
+    assert "hint: check the secret" in result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
 
@@ -250,3 +250,12 @@ def test_top_once_on_a_discovered_group(cluster: Cluster) -> None:
         ("mdns-a", "mdns-b", "mdns"),
         ("mdns-b", "mdns-a", "mdns"),
     }
+
+
+def test_another_cluster_name_is_a_clear_error(group3: Group3, secret_file: Path) -> None:
+    result = gobucket(
+        "status", "--cluster", "elsewhere", "--secret-file", str(secret_file), group3.first
+    )
+    assert result.returncode == 1
+    assert "handshake refused" in result.stderr
+    assert "hint: check --cluster" in result.stderr
