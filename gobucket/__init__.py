@@ -35,7 +35,16 @@ from gobucket.recovery import (
     replay,
     rescue_on_error,
 )
-from gobucket.types import BucketStats, Outcome, PeerInfo, Placement
+from gobucket.types import (
+    BucketStats,
+    NodeStatus,
+    Outcome,
+    PeerInfo,
+    Placement,
+    TaskState,
+    TaskStatus,
+)
+from gobucket.wire.status import StatusError, fetch_status
 
 __version__ = "0.1.0"
 
@@ -56,6 +65,7 @@ __all__ = [
     "InvalidArgumentError",
     "JsonlRescueSink",
     "NoPeerAvailableError",
+    "NodeStatus",
     "Outcome",
     "PeerInfo",
     "PeerLostTaskError",
@@ -65,14 +75,18 @@ __all__ = [
     "RescueTimeoutError",
     "RescuedTask",
     "SinkWriteError",
+    "StatusError",
     "TaskActorCrashedError",
     "TaskBucket",
     "TaskBucketGroup",
     "TaskContext",
     "TaskNotFoundError",
+    "TaskState",
+    "TaskStatus",
     "TaskType",
     "__version__",
     "default_runtime",
+    "fetch_status",
     "install_signal_handlers",
     "replay",
     "rescue_on_error",

@@ -40,7 +40,7 @@ from gobucket.executors.load import WorkLoad
 from gobucket.recovery.collect import RescueReport, default_fallback, rescue_pass
 from gobucket.recovery.record import check_storable
 from gobucket.recovery.sinks import JsonlRescueSink, RescueSink
-from gobucket.types import BucketStats
+from gobucket.types import BucketStats, TaskStatus
 
 __all__ = ["MAX_TASK_ID", "TaskBucket", "validate_task_id"]
 
@@ -338,6 +338,23 @@ class TaskBucket:
         """A snapshot of the bucket's counters (alive, finished, drained, running, ...)."""
         stats: BucketStats = self._ask(m.GetStats())
         return stats
+
+    def status(self, id: str) -> TaskStatus | None:
+        """A snapshot of the live task ``id``, or None when no live task has that id.
+
+        Its ``state`` is waiting (a time bomb before ``run_after``), running,
+        retry-wait (``on_execute`` raised; the next attempt is due in ``due_in``
+        seconds) or ending (its end hook runs); ``attempt`` counts the
+        ``on_execute`` attempts so far (0 before the first) and ``life_left``
+        the seconds of its life span left. A task that ended is gone: None.
+        A bucket closed for good holds no task: None.
+        """
+        validate_task_id(id)
+        try:
+            status: TaskStatus | None = self._ask(m.GetTaskStatus(id))
+        except BucketClosedError:
+            return None
+        return status
 
     def close(
         self,

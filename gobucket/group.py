@@ -187,7 +187,10 @@ class TaskBucketGroup:
         self.on_peer_schedule_failed: ScheduleFailed | None = None
         # What this node answers its peers (fills, loads, the no-secret allow list).
         self._server = BucketServer(
-            self._buckets, max_frame, (address[0] for address in static.addresses)
+            self._buckets,
+            max_frame,
+            (address[0] for address in static.addresses),
+            group=lambda: None if self._group is None else self._group.ref,
         )
         self._network = NetworkNode(
             self._identity,

@@ -1,11 +1,14 @@
-"""What a node answers its peers: FILLs into the local BucketActors, loads, the allow list.
+"""What a node answers its peers: FILLs into the local BucketActors, loads, STATUS, the allow
+list.
 
 The network loop hands each FILL to :class:`BucketServer`, which checks it the
 way a local fill is checked (:func:`~gobucket.config.make_fill`), asks the
 bucket's actor without waiting (:func:`~gobucket.actors.actor.ask_then`) and
 answers from the actor's reply: at once when the actor is free, else when it
 gets to the fill, on its own thread. The loop never waits for a bucket, and the
-task data is decoded once. No actor stands in between: serving holds no state
+task data is decoded once. A STATUS request is gathered the same way: each
+bucket's actor and the GroupActor are asked without waiting, and the answer
+goes out once the last of them replied. No actor stands in between: serving holds no state
 but the bucket table and the allow list.
 """
 
@@ -13,13 +16,14 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import pykka
 
 from gobucket.actors.actor import ask_then
-from gobucket.actors.messages import FillTask
+from gobucket.actors.messages import FillTask, GetPeers, GetStats
 from gobucket.config import BucketConfig, FillFields, TaskType
 from gobucket.errors import (
     BucketClosedError,
@@ -27,17 +31,21 @@ from gobucket.errors import (
     DuplicateTaskError,
     InvalidArgumentError,
 )
+from gobucket.types import BucketStats, PeerInfo
 from gobucket.wire import protocol
 from gobucket.wire.connection import PeerHello
 from gobucket.wire.frames import FrameDecoder, FrameError
 from gobucket.wire.protocol import RefusalCode
 
-__all__ = ["Answer", "BucketServer", "ServedBucket"]
+__all__ = ["Answer", "BucketServer", "ServedBucket", "StatusAnswer"]
 
 logger = logging.getLogger("gobucket.group")
 
 Answer = Callable[[bool, str, str], None]
 """Called with ``(accepted, refusal code, text)`` once a FILL is decided."""
+
+StatusAnswer = Callable[[list[BucketStats], list[PeerInfo]], None]
+"""Called with the buckets' counters and the peer table once a STATUS is gathered."""
 
 
 class ServedBucket(Protocol):
@@ -85,12 +93,19 @@ class BucketServer:
         buckets: the local buckets by name.
         max_frame: the largest frame accepted; task data is decoded within its limits.
         hosts: hosts allowed to connect without a secret (the static peers).
+        group: the node's GroupActor now (None before it started), asked for the
+            peer table of a STATUS reply.
     """
 
     def __init__(
-        self, buckets: Mapping[str, ServedBucket], max_frame: int, hosts: Iterable[str] = ()
+        self,
+        buckets: Mapping[str, ServedBucket],
+        max_frame: int,
+        hosts: Iterable[str] = (),
+        group: Callable[[], pykka.ActorRef[Any] | None] | None = None,
     ) -> None:
         self._buckets = dict(buckets)
+        self._group = group
         self._decoder = FrameDecoder(max_frame)
         self._allowed: set[str] = set()
         for host in hosts:
@@ -140,6 +155,56 @@ class BucketServer:
                 loads[name] = [bucket.config.max_bucket, bucket.config.max_bucket]
         return loads
 
+    # status ----------------------------------------------------------------------------
+    def serve_status(self, answer: StatusAnswer) -> None:
+        """Gather every bucket's counters and the peer table; ``answer`` once all replied.
+
+        Never waits: each actor is asked with ``ask_then``; ``answer`` runs on
+        the thread of the last reply (maybe this one, before this returns). A
+        bucket whose actor is gone is reported closed and empty; without a
+        group actor the peer table is empty.
+        """
+        names = list(self._buckets)
+        stats: dict[str, BucketStats] = {}
+        peers: list[PeerInfo] = []
+        lock = threading.Lock()
+        waiting = [len(names) + 1]
+
+        def one_done() -> None:
+            with lock:
+                waiting[0] -= 1
+                if waiting[0]:
+                    return
+            answer([stats[name] for name in names], peers)
+
+        for name in names:
+            bucket = self._buckets[name]
+
+            def got(result: Any, error: BaseException | None, name: str = name) -> None:
+                if error is None and isinstance(result, BucketStats):
+                    stats[name] = result
+                else:
+                    stats[name] = _closed_stats(name, self._buckets[name])
+                one_done()
+
+            try:
+                ref = bucket.actor_ref
+            except Exception:  # gone for good
+                got(None, RuntimeError("no actor"))
+                continue
+            ask_then(ref, GetStats(), got)
+
+        def got_peers(result: Any, error: BaseException | None) -> None:
+            if error is None and isinstance(result, list):
+                peers.extend(p for p in result if isinstance(p, PeerInfo))
+            one_done()
+
+        group = self._group() if self._group is not None else None
+        if group is None:
+            got_peers([], None)
+        else:
+            ask_then(group, GetPeers(), got_peers)
+
     # the allow list --------------------------------------------------------------------
     def allow(self, host: str) -> bool:
         """Without a secret, only addresses on the allow list may connect."""
@@ -169,6 +234,25 @@ def _refusal(name: str, error: BaseException) -> tuple[bool, str, str]:
     # never let a peer's fill break the server
     logger.error("serving a fill for %r failed", name, exc_info=error)
     return False, RefusalCode.INTERNAL, repr(error)
+
+
+def _closed_stats(name: str, bucket: ServedBucket) -> BucketStats:
+    """What STATUS reports of a bucket whose actor is gone: closed, nothing alive."""
+    return BucketStats(
+        name=name,
+        alive=0,
+        max_bucket=bucket.config.max_bucket,
+        filled=0,
+        finished=0,
+        execute_errors=0,
+        exhausted=0,
+        panicked=0,
+        drained=0,
+        refused_full=0,
+        refused_duplicate=0,
+        crashed=0,
+        closed=True,
+    )
 
 
 def _strip_v4_mapped(host: str) -> str:

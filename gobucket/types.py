@@ -10,7 +10,15 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["BucketStats", "Outcome", "PeerInfo", "Placement"]
+__all__ = [
+    "BucketStats",
+    "NodeStatus",
+    "Outcome",
+    "PeerInfo",
+    "Placement",
+    "TaskState",
+    "TaskStatus",
+]
 
 
 class Outcome(enum.Enum):
@@ -52,6 +60,10 @@ class BucketStats:
     running: int = 0
     queued: int = 0
     overrunning: int = 0
+    end_rate_10s: float = 0.0
+    """Tasks ended per second over the last 10 seconds (any end)."""
+    end_rate_60s: float = 0.0
+    """Tasks ended per second over the last 60 seconds (any end)."""
 
     @property
     def free(self) -> int:
@@ -94,3 +106,59 @@ class PeerInfo:
         """Free room in ``bucket`` by the latest report, or None if unknown."""
         load = self.loads.get(bucket)
         return None if load is None else max(0, load[1] - load[0])
+
+
+class TaskState(enum.StrEnum):
+    """Where a live task is in its life (see :class:`TaskStatus`)."""
+
+    WAITING = "waiting"
+    """A time bomb before its ``run_after`` elapsed: nothing has run yet."""
+    RUNNING = "running"
+    """``on_execute`` was submitted: it runs, or waits for a free hook worker."""
+    RETRY_WAIT = "retry-wait"
+    """``on_execute`` raised and the task waits out its backoff before the next attempt."""
+    ENDING = "ending"
+    """The task took its end (its end hook runs, or it is being handed off); it is
+    still in the bucket until that is done."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStatus:
+    """A snapshot of one live task (what :meth:`TaskBucket.status` returns).
+
+    ``attempt`` is the 1-based number of the current (or last) ``on_execute``
+    attempt, 0 before the first. ``due_in`` is the number of seconds until the
+    task's next ``on_execute`` attempt is due (its ``run_after``, or its retry
+    backoff), 0.0 when it is running or ending. ``life_left`` is the number of
+    seconds of its life span left (0.0 once it ran out).
+    """
+
+    id: str
+    bucket: str
+    state: TaskState
+    attempt: int
+    due_in: float
+    life_left: float
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """What a running node answered a STATUS request (see ``docs/operations.md``).
+
+    ``buckets`` are the node's local buckets' counters (their ``end_rate_*``
+    fields hold the recent end rates); ``peers`` is every peer the node knows,
+    with ``up`` and the ``reason`` it is down. A peer's ``last_seen`` is a
+    ``time.monotonic()`` value of the process that parsed the answer.
+    """
+
+    node: str
+    cluster: str
+    address: tuple[str, int]
+    buckets: tuple[BucketStats, ...]
+    peers: tuple[PeerInfo, ...]
+    uptime: float = 0.0
+    """Seconds since the node's group started."""
+
+    def bucket(self, name: str) -> BucketStats | None:
+        """The counters of the bucket called ``name``, or None."""
+        return next((b for b in self.buckets if b.name == name), None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any
 
 import pykka
@@ -65,6 +66,7 @@ class BucketActor(RuntimeActor):
         self._refused_full = 0
         self._refused_dup = 0
         self._crashed = 0
+        self._ends = _EndRing()
 
     def on_receive(self, message: Any) -> Any:
         """Dispatch bucket messages (see :mod:`gobucket.actors.messages`)."""
@@ -99,6 +101,9 @@ class BucketActor(RuntimeActor):
             ]
         if kind is m.GetStats:
             return self._stats()
+        if kind is m.GetTaskStatus:
+            task = self.tasks.get(message.task_id)
+            return None if task is None else task.status()
         if kind is m.AwaitEmpty:
             if not self.tasks:
                 return True
@@ -219,6 +224,7 @@ class BucketActor(RuntimeActor):
         if self.tasks.pop(task_id, None) is None:
             return
         self._counts[outcome] += 1
+        self._ends.count()
         if not self.tasks and self._empty_waiters:
             waiters, self._empty_waiters = self._empty_waiters, []
             for waiter in waiters:
@@ -268,4 +274,53 @@ class BucketActor(RuntimeActor):
             running=load.running,
             queued=load.queued,
             overrunning=load.overrunning,
+            end_rate_10s=self._ends.rate(10),
+            end_rate_60s=self._ends.rate(60),
         )
+
+
+class _EndRing:
+    """Ends per second over the last minute: a ring of 60 one-second counts.
+
+    Counting an end costs a clock read and an add; a second with no end is
+    cleared when the ring next moves past it.
+    """
+
+    __slots__ = ("_counts", "_now", "_since")
+
+    SIZE = 60
+
+    def __init__(self) -> None:
+        self._counts = [0] * self.SIZE
+        self._since = _monotonic()
+        self._now = int(self._since)  # the second the last count went to
+
+    def _advance(self, second: int) -> None:
+        gap = second - self._now
+        if gap <= 0:
+            return
+        counts = self._counts
+        if gap >= self.SIZE:
+            counts[:] = [0] * self.SIZE
+        else:
+            for passed in range(self._now + 1, second + 1):
+                counts[passed % self.SIZE] = 0
+        self._now = second
+
+    def count(self) -> None:
+        """One task ended now."""
+        second = int(_monotonic())
+        if second != self._now:
+            self._advance(second)
+        self._counts[second % self.SIZE] += 1
+
+    def rate(self, window: int) -> float:
+        """Ends per second over the last ``window`` seconds (at most 60; the current one
+        included), over the bucket's age when it is younger than that."""
+        now = _monotonic()
+        second = int(now)
+        self._advance(second)
+        window = max(1, min(window, self.SIZE))
+        total = sum(self._counts[(second - back) % self.SIZE] for back in range(window))
+        span = min(float(window), max(1.0, now - self._since))
+        return total / span

@@ -41,6 +41,7 @@ __all__ = [
     "Fire",
     "GetPeers",
     "GetStats",
+    "GetTaskStatus",
     "Panic",
     "PeerChanged",
     "RescueAll",
@@ -222,6 +223,13 @@ class Count(Reentrant):
 @dataclass(frozen=True, slots=True)
 class GetStats(Reentrant):
     """Snapshot the bucket's counters."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetTaskStatus(Reentrant):
+    """Snapshot one live task (answered with a :class:`~gobucket.TaskStatus`, or None)."""
+
+    task_id: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,12 +21,13 @@ from gobucket._threads import tell_quietly
 from gobucket.actors import messages as m
 from gobucket.actors._future import LatchFuture, done_future
 from gobucket.actors.light import LIGHT_SLOTS, Board, LightActor
+from gobucket.actors.timers import RESOLUTION
 from gobucket.config import TaskType
 from gobucket.context import TaskContext
 from gobucket.errors import TaskNotFoundError
 from gobucket.executors.runner import HookDone, HookKind
 from gobucket.recovery.record import RescuedTask
-from gobucket.types import Outcome
+from gobucket.types import Outcome, TaskState, TaskStatus
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -48,6 +49,14 @@ ENDING = 3
 ENDED = 4
 HANDING = 5
 _LIVE = (WAITING, RUNNING, RETRY_WAIT, HANDING)
+_PUBLIC_STATE = {
+    WAITING: TaskState.WAITING,
+    RUNNING: TaskState.RUNNING,
+    RETRY_WAIT: TaskState.RETRY_WAIT,
+    ENDING: TaskState.ENDING,
+    ENDED: TaskState.ENDING,  # its end is done; the bucket frees its id next
+    HANDING: TaskState.ENDING,  # reserved to be handed off to a peer: it will not run here
+}
 
 
 class TaskSpec:
@@ -164,6 +173,31 @@ class TaskActor(TaskContext, LightActor):
     def ctx(self) -> TaskContext:
         """The context handed to the task's hooks: the task itself."""
         return self
+
+    def status(self, now: float | None = None) -> TaskStatus:
+        """A snapshot of this task (read only; safe from its bucket's actor, unlocked).
+
+        Its fields are read without a lock while the task may move on in
+        another thread: the snapshot is of one moment close to the call.
+        """
+        now = _monotonic() if now is None else now
+        state = self.state
+        ctx = self.ctx
+        due_in = 0.0
+        if state == WAITING:
+            due_in = max(0.0, ctx.filled_at + self.run_after - now)
+        elif state == RETRY_WAIT:
+            timer = self._fire
+            if timer is not None:
+                due_in = max(0.0, timer.slot * RESOLUTION - now)
+        return TaskStatus(
+            self.task_id,
+            self.spec.name,
+            _PUBLIC_STATE[state],
+            ctx.attempt,
+            due_in,
+            max(0.0, ctx.deadline - now),
+        )
 
     # lifecycle -------------------------------------------------------------------
     def start(self) -> None:

@@ -7,6 +7,8 @@ import logging
 import sys
 
 from gobucket import __version__
+from gobucket.cli.remote import REMOTE_COMMANDS, add_remote_commands, run_remote
+from gobucket.cli.secret import add_secret_options, secret_or_exit
 
 __all__ = ["build_parser", "main"]
 
@@ -29,11 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     peers = sub.add_parser("peers", help="browse the LAN (mDNS) for gobucket nodes")
     peers.add_argument("--cluster", default=None, help="only this cluster (default: all)")
     peers.add_argument("--watch", action="store_true", help="refresh live until Ctrl-C")
-    peers.add_argument("--secret", default=None, help="cluster secret, to read loads")
+    add_secret_options(peers)
     peers.add_argument("--timeout", type=float, default=2.0, help="seconds to browse")
     peers.add_argument(
         "--interface", action="append", default=None, help="IPv4 address to browse on"
     )
+    add_remote_commands(sub)
     return parser
 
 
@@ -66,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         # why: a subcommand's module (and what it imports) loads only when it runs
         from gobucket.cli.peers import run_peers
 
-        return run_peers(args.cluster, args.watch, args.secret, args.timeout, args.interface)
+        secret = secret_or_exit(args)
+        return run_peers(args.cluster, args.watch, secret, args.timeout, args.interface)
+    if args.command in REMOTE_COMMANDS:
+        return run_remote(args)
     return 2  # pragma: no cover - argparse enforces a command
 
 

@@ -72,13 +72,17 @@ def peers_table(nodes: list[dict[str, Any]], secret: bytes | None) -> Table:
 def run_peers(
     cluster: str | None,
     watch: bool,
-    secret: str | None,
+    secret: str | bytes | None,
     timeout: float,
     interfaces: list[str] | None,
 ) -> int:
-    """Browse and print; with ``watch``, refresh until Ctrl-C."""
+    """Browse and print; with ``watch``, refresh until Ctrl-C.
+
+    ``secret`` (from ``--secret-file``, ``$GOBUCKET_SECRET`` or ``--secret``) lets
+    it read each node's loads.
+    """
     console = Console()
-    key = secret.encode() if secret else None
+    key = secret.encode() if isinstance(secret, str) else (secret or None)
     if not watch:
         console.print(peers_table(browse(cluster, timeout, interfaces), key))
         return 0

@@ -16,9 +16,10 @@ import errno
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future as ConcurrentFuture
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gobucket._ratelimit import RateLimitedLog
 from gobucket._threads import mark_runtime_thread
@@ -26,6 +27,9 @@ from gobucket.wire import protocol
 from gobucket.wire.connection import SERVER, Connection, Identity, PeerHello, handshake
 from gobucket.wire.frames import DEFAULT_MAX_FRAME, FrameError
 from gobucket.wire.protocol import ProtocolError
+
+if TYPE_CHECKING:
+    from gobucket.types import BucketStats, PeerInfo
 
 __all__ = [
     "MAX_UNAUTHENTICATED",
@@ -100,6 +104,14 @@ class ServeHandler(Protocol):
         """May a connection from ``host`` try the handshake (no-secret allow list)?"""
         ...
 
+    def serve_status(self, answer: Callable[[list[BucketStats], list[PeerInfo]], None]) -> None:
+        """Gather the local buckets' counters and the peer table for a STATUS request.
+
+        Like :meth:`serve_fill` it must not wait: ``answer`` may be called
+        before it returns, or later from any thread.
+        """
+        ...
+
 
 class NetworkNode:
     """Runs the asyncio loop of a group node and its TCP server."""
@@ -141,9 +153,12 @@ class NetworkNode:
         self._closing = False
         self._log = RateLimitedLog(logger, LOG_INTERVAL)
         self.address: tuple[str, int] = (host, port)
+        self.started_at: float | None = None
+        """``time.monotonic()`` when :meth:`start` was called (the STATUS uptime)."""
 
     def start(self) -> tuple[str, int]:
         """Start the loop thread and bind the server; return the bound (host, port)."""
+        self.started_at = time.monotonic()
         self._thread.start()
         self.address = self.submit(self._start_server()).result(10)
         return self.address
@@ -443,8 +458,33 @@ class NetworkNode:
 
         return answer
 
+    def _serve_status(self, conn: Connection, rid: int) -> None:
+        """Answer STATUS ``rid`` once the handler gathered it (on the loop, whoever gathers)."""
+
+        def send(buckets: list[BucketStats], peers: list[PeerInfo]) -> None:
+            if conn.closed:
+                return
+            me = self.identity()
+            now = time.monotonic()
+            started = self.started_at if self.started_at is not None else now
+            conn.send(
+                protocol.status_reply(rid, me.node, me.cluster, now - started, buckets, peers, now)
+            )
+
+        def answer(buckets: list[BucketStats], peers: list[PeerInfo]) -> None:
+            if threading.current_thread() is self._thread:
+                send(buckets, peers)
+            else:  # an actor answered on its own thread
+                self.call_soon(send, buckets, peers)
+
+        serve_status = getattr(self.handler, "serve_status", None)
+        if serve_status is None:  # a handler that serves no status: nothing to report
+            answer([], [])
+        else:
+            serve_status(answer)
+
     async def _serve_requests(self, conn: Connection, peer: PeerHello) -> None:
-        """After the handshake: answer FILLs and PINGs until the connection ends.
+        """After the handshake: answer FILLs, PINGs and STATUS requests until the connection ends.
 
         A connection silent for ``SILENCE_PINGS`` ping intervals is closed
         (:meth:`_check_silence`): a client pings every interval while it is up.
@@ -469,6 +509,8 @@ class NetworkNode:
                 handler.serve_fill(peer, request, self._answerer(conn, request.rid))
             elif type(request) is protocol.Ping:
                 conn.send(protocol.pong(request.seq, handler.loads()))
+            elif type(request) is protocol.StatusRequest:
+                self._serve_status(conn, request.rid)
             elif type(request) is protocol.Error:
                 logger.info("peer %s closed: %s", peer.node, request.text)
                 return

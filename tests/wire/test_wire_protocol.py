@@ -50,6 +50,16 @@ VALID: dict[MessageType, dict[str, Any]] = {
         "life_span": 5,
     },
     MessageType.ACK: {"t": "ack", "rid": 1, "ok": True},
+    MessageType.STATUS: {"t": "status", "rid": 1},
+    MessageType.STATUS_REPLY: {
+        "t": "status_reply",
+        "rid": 1,
+        "node": "n1",
+        "cluster": "default",
+        "uptime": 1.5,
+        "buckets": [],
+        "peers": [],
+    },
     MessageType.ERROR: {"t": "error", "code": "auth", "msg": "no"},
 }
 
