@@ -468,6 +468,27 @@ class TaskBucketGroup:
 
         Argument errors and local refusals other than "full" are raised at once.
         """
+        route = self._route_fill(bucket, id, data, task_type, run_after, life_span)
+        if isinstance(route, Placement):
+            return done_future(route)
+        assert self._group is not None
+        future: pykka.Future[Placement] = self._group.ask_later(route)
+        return future
+
+    def _route_fill(
+        self,
+        bucket: str,
+        id: str,
+        data: Any,
+        task_type: TaskType,
+        run_after: Duration | None,
+        life_span: Duration | None,
+    ) -> Placement | RouteFill:
+        """Fill locally (the Placement) or build the RouteFill to ask the GroupActor.
+
+        The part of :meth:`fill_async` that never waits for a peer (the async
+        face asks the RouteFill with a future that calls back).
+        """
         local = self.get_bucket(bucket)
         fill = local._make_fill(task_type, id, data, run_after, life_span)
         message = m.FillTask(*fill)
@@ -486,7 +507,7 @@ class TaskBucketGroup:
             except pykka.ActorDeadError:
                 refused = BucketClosedError(f"bucket {bucket!r} is shutting down")
             if refused is None:
-                return done_future(Placement(True, self.node_id, bucket, id, None))
+                return Placement(True, self.node_id, bucket, id, None)
             if not isinstance(refused, _PEER_MAY_TAKE):
                 raise refused  # a duplicate id: no peer may run it either
         if self._group is None:
@@ -504,8 +525,7 @@ class TaskBucketGroup:
             raise NoPeerAvailableError(
                 f"task buffer exceeded: bucket {bucket!r} {why} and the group is stopped"
             )
-        future: pykka.Future[Placement] = self._group.ask_later(RouteFill(bucket, id, wire))
-        return future
+        return RouteFill(bucket, id, wire)
 
     def peers(self) -> list[PeerInfo]:
         """What this node knows of each peer: address, node id, loads, up/down, source."""

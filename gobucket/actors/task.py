@@ -467,6 +467,7 @@ class TaskActor(TaskContext, LightActor):
         load = self.spec.load if kind is HookKind.EXECUTE else None
         runtime = self.spec.runtime
         if is_async:
-            return runtime.async_runner.submit(fn, args, self, kind, urgent=urgent, load=load)
+            runner = self.spec.hooks.async_runner or runtime.async_runner
+            return runner.submit(fn, args, self, kind, urgent=urgent, load=load)
         runtime.threads.submit(fn, args, self, kind, urgent=urgent, load=load)
         return None
