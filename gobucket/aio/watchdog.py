@@ -51,6 +51,8 @@ class LoopWatchdog:
         self._timer: asyncio.TimerHandle | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._warned: float | None = None  # the last beat before the stall being reported
+        self._culprit = ""
 
     def start(self) -> None:
         """Start beating on the loop and watching it (safe from any thread)."""
@@ -77,38 +79,40 @@ class LoopWatchdog:
             self._timer = self.loop.call_later(self._interval, self._tick)
 
     def _watch(self) -> None:
-        warned: float | None = None  # the beat after which the loop was found blocked
-        culprit = ""
         while not self._stop.wait(self._interval):
-            loop = self.loop
-            if loop.is_closed():
-                return
-            beat = self._beat
-            if warned is not None and beat != warned:
-                held = max(0.0, beat - warned - self._interval)
-                self.longest = max(self.longest, held)
-                logger.warning(
-                    "the event loop ran again after being blocked for %.3f s by %s",
-                    held,
-                    culprit,
-                )
-                warned = None
-            if warned is not None or not loop.is_running():
-                continue
-            late = time.monotonic() - beat - self._interval
-            if late >= self.threshold:
-                warned = beat
-                culprit = _running_task(loop)
-                self.stalls += 1
-                logger.warning(
-                    "the event loop has been blocked for %.3f s (warning at %.3f s) by %s: a "
-                    "coroutine is running blocking code, and every other coroutine on this "
-                    "loop waits; use await, asyncio.to_thread() or a plain def hook (run on "
-                    "gobucket's worker threads) for blocking work",
-                    late,
-                    self.threshold,
-                    culprit,
-                )
+            if self.loop.is_closed():
+                break
+            self._check()
+        self._check(final=True)
+
+    def _check(self, *, final: bool = False) -> None:
+        """Warn about a stall that began, or (once the loop beat again) how long it lasted."""
+        beat = self._beat
+        if self._warned is not None and beat != self._warned:
+            held = max(0.0, beat - self._warned - self._interval)
+            self.longest = max(self.longest, held)
+            logger.warning(
+                "the event loop ran again after being blocked for %.3f s by %s",
+                held,
+                self._culprit,
+            )
+            self._warned = None
+        if final or self._warned is not None or not self.loop.is_running():
+            return
+        late = time.monotonic() - beat - self._interval
+        if late >= self.threshold:
+            self._warned = beat
+            self._culprit = _running_task(self.loop)
+            self.stalls += 1
+            logger.warning(
+                "the event loop has been blocked for %.3f s (warning at %.3f s) by %s: a "
+                "coroutine is running blocking code, and every other coroutine on this "
+                "loop waits; use await, asyncio.to_thread() or a plain def hook (run on "
+                "gobucket's worker threads) for blocking work",
+                late,
+                self.threshold,
+                self._culprit,
+            )
 
 
 def _running_task(loop: asyncio.AbstractEventLoop) -> str:
