@@ -60,9 +60,7 @@ class _Inbox:
             self._loop.call_soon(self._drain)  # the rest next iteration, after other callbacks
 
 
-_inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inbox] = (
-    weakref.WeakKeyDictionary()
-)
+_inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Inbox] = weakref.WeakKeyDictionary()
 _inboxes_lock = threading.Lock()
 
 
