@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -189,3 +190,50 @@ def test_the_loop_never_stalls_while_1000_fills_wait_for_a_frozen_peer(
     for figures in rounds:
         assert figures["max_loop_cpu_ms"] < STALL_BOUND * 1000, rounds
     assert min(r["max_stall_ms"] for r in rounds) < STALL_BOUND * 1000, rounds
+
+
+def test_tasks_a_peer_sends_run_their_async_hooks_on_the_loop_of_our_bucket(
+    spawn: Callable[..., ChildNode],
+) -> None:
+    class OnOurLoop(NullExecutor):
+        def __init__(self) -> None:
+            self.ran: asyncio.Queue[tuple[str, int]] = asyncio.Queue()  # bound to our loop
+
+        async def on_execute(self, ctx: Any, id: str, data: Any) -> None:
+            await self.ran.put((id, threading.get_ident()))
+
+    async def scenario() -> None:
+        executor = OnOurLoop()
+        config = BucketConfig(max_bucket=10, name=BUCKET, life_span=120.0, run_after=60.0)
+        async with (
+            AsyncTaskBucket(config, executor) as bucket,
+            AsyncTaskBucketGroup(
+                {BUCKET: bucket},
+                port=0,
+                ping_interval=PING,
+                secret=SECRET,
+                host="127.0.0.1",
+                discovery=False,
+            ) as group,
+        ):
+            ours = addr_text(group.address)
+            child = await asyncio.to_thread(
+                spawn, "--max", "1", "--ping", str(PING), "--peer", ours
+            )
+
+            def overflow() -> dict[str, Any]:
+                deadline = time.monotonic() + WAIT
+                while True:  # the child needs our load report before it overflows to us
+                    child.send(cmd="fill", n=3, prefix=f"p{time.monotonic_ns()}-", run_after=0.2)
+                    answer = child._read_event("filled", WAIT)
+                    if answer["placed"].get(group.node_id) or time.monotonic() > deadline:
+                        return answer
+                    time.sleep(0.1)
+
+            answer = await asyncio.to_thread(overflow)
+            sent_here = answer["placed"].get(group.node_id, 0)
+            assert sent_here >= 1, answer
+            runs = [await asyncio.wait_for(executor.ran.get(), WAIT) for _ in range(sent_here)]
+            assert {thread for _, thread in runs} == {threading.get_ident()}
+
+    asyncio.run(scenario())
