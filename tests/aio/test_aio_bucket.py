@@ -220,31 +220,37 @@ def test_the_watchdog_names_an_async_hook_that_blocks_the_loop(
 
     asyncio.run(scenario())
 
-    def warned() -> list[str]:
+    def about_the_hook() -> list[str]:
         return [
             r.getMessage()
             for r in caplog.records
-            if r.name == "gobucket.aio" and r.levelno == logging.WARNING
+            if r.name == "gobucket.aio"
+            and r.levelno == logging.WARNING
+            and "Sleepy.on_execute of task 'sleepy::1' in bucket 'default'" in r.getMessage()
         ]
 
-    messages = wait_until(lambda: len(warned()) >= 2 and warned(), what="two lag warnings")
-    assert "has been blocked" in messages[0]
-    assert "Sleepy.on_execute" in messages[0] and "'sleepy::1'" in messages[0]
+    messages = wait_until(lambda: len(about_the_hook()) >= 2 and about_the_hook())
+    assert "has been blocked" in messages[0]  # logged while the loop was still held
+    assert "ran again" in messages[1]
     held = float(messages[1].split("blocked for ")[1].split(" s")[0])
-    assert "ran again" in messages[1] and 0.3 <= held <= 5.0
+    assert 0.3 <= held <= 5.0
 
 
-def test_no_watchdog_warning_for_a_loop_that_awaits() -> None:
+def test_a_hook_that_awaits_longer_than_the_threshold_is_not_blamed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="gobucket.aio")
+
     class Polite(Executor):
         async def on_execute(self, ctx: Any, id: str, data: Any) -> None:
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.4)  # four thresholds, but the loop is free meanwhile
 
-    async def scenario() -> int:
+    async def scenario() -> None:
         async with AsyncTaskBucket(config(), Polite(), loop_lag_warning=0.1) as bucket:
-            watchdog = bucket.watchdog
-            assert watchdog is not None
             await bucket.fill(TaskType.IMMEDIATE, "polite")
             assert await bucket.join(timeout=WAIT)
-            return watchdog.stalls
+            assert bucket.stats().finished == 1
 
-    assert asyncio.run(scenario()) == 0
+    asyncio.run(scenario())
+    # (a loaded host may stall the whole process now and then; never because of this hook)
+    assert not [r for r in caplog.records if "Polite" in r.getMessage()]
