@@ -9,12 +9,13 @@ from typing import Any, Self
 
 import pykka
 
+from gobucket.actors import messages as m
 from gobucket.actors.group import ScheduleFailed
 from gobucket.aio._bridge import ask_soon
 from gobucket.aio.bucket import AsyncTaskBucket
 from gobucket.bucket import TaskBucket
 from gobucket.config import Duration, TaskType
-from gobucket.errors import InvalidArgumentError
+from gobucket.errors import BucketClosedError, GoBucketError, InvalidArgumentError
 from gobucket.group import TaskBucketGroup
 from gobucket.types import PeerInfo, Placement
 
@@ -153,14 +154,22 @@ class AsyncTaskBucketGroup:
             PeerLostTaskError: the chosen peer was lost before acknowledging.
             DuplicateTaskError, InvalidArgumentError: as for ``TaskBucket.fill``.
         """
-        local = self._given.get(bucket)
-        if isinstance(local, AsyncTaskBucket):
-            local._bind()
-        route = self._sync._route_fill(bucket, id, data, task_type, run_after, life_span)
-        if isinstance(route, Placement):
-            return route
-        group = self._sync._group
-        assert group is not None  # _route_fill raised otherwise
+        given = self._given.get(bucket)
+        if isinstance(given, AsyncTaskBucket):
+            given._bind()
+        sync = self._sync
+        local, fill, packed = sync._check_fill(bucket, id, data, task_type, run_after, life_span)
+        refused: GoBucketError | None = None
+        if not local.closed:  # the local attempt, as TaskBucketGroup.fill_async makes it
+            try:
+                refused = await ask_soon(local.actor_ref, m.TryFill(*fill))
+            except pykka.ActorDeadError:
+                refused = BucketClosedError(f"bucket {bucket!r} is shutting down")
+            if refused is None:
+                return Placement(True, sync.node_id, bucket, id, None)
+        route = sync._overflow(bucket, local, fill, packed, refused)
+        group = sync._group
+        assert group is not None  # _overflow raised otherwise
         answer = ask_soon(group.ref, route)
         if timeout is None:
             placement: Placement = await answer
