@@ -6,6 +6,7 @@ process is going down. See the README for a tour.
 """
 
 from gobucket.actors.runtime import ActorRuntime, default_runtime
+from gobucket.aio import AsyncTaskBucket, AsyncTaskBucketGroup
 from gobucket.bucket import MAX_TASK_ID, TaskBucket
 from gobucket.config import MAX_DURATION, BucketConfig, TaskType
 from gobucket.context import TaskContext
@@ -54,6 +55,8 @@ __all__ = [
     "MAX_DURATION",
     "MAX_TASK_ID",
     "ActorRuntime",
+    "AsyncTaskBucket",
+    "AsyncTaskBucketGroup",
     "BucketClosedError",
     "BucketConfig",
     "BucketFullError",

@@ -22,7 +22,7 @@ from gobucket.actors.messages import Discovered, GetPeers, RouteFill, StopGroup
 from gobucket.actors.runtime import ActorRuntime, default_runtime
 from gobucket.actors.supervisor import Supervised
 from gobucket.bucket import TaskBucket
-from gobucket.config import Duration, TaskType
+from gobucket.config import Duration, FillFields, TaskType
 from gobucket.discovery.base import PeerEvent, PeerSource, PeerUp
 from gobucket.discovery.mdns import MdnsDiscovery
 from gobucket.discovery.static import StaticDiscovery
@@ -576,9 +576,36 @@ class TaskBucketGroup:
 
         Argument errors and local refusals other than "full" are raised at once.
         """
+        local, fill, packed = self._check_fill(bucket, id, data, task_type, run_after, life_span)
+        refused: GoBucketError | None = None
+        if not local.closed:
+            # TryFill answers a refusal instead of raising it: an overflowing fill
+            # (the common case when the bucket is full) pays no exception.
+            try:
+                refused = call(local.actor_ref, m.TryFill(*fill))
+            except pykka.ActorDeadError:
+                refused = BucketClosedError(f"bucket {bucket!r} is shutting down")
+            if refused is None:
+                return done_future(Placement(True, self.node_id, bucket, id, None))
+        route = self._overflow(bucket, local, fill, packed, refused)
+        assert self._group is not None
+        future: pykka.Future[Placement] = self._group.ask_later(route)
+        return future
+
+    # The steps of a group fill, shared with the async face (gobucket.aio), which
+    # asks TryFill and RouteFill with futures that call back instead of waiting.
+    def _check_fill(
+        self,
+        bucket: str,
+        id: str,
+        data: Any,
+        task_type: TaskType,
+        run_after: Duration | None,
+        life_span: Duration | None,
+    ) -> tuple[TaskBucket, FillFields, bytes]:
+        """The local bucket, the checked fill and its data packed for the wire (or raise)."""
         local = self.get_bucket(bucket)
         fill = local._make_fill(task_type, id, data, run_after, life_span)
-        message = m.FillTask(*fill)
         try:
             packed = pack(data)
         except (TypeError, ValueError, OverflowError) as error:
@@ -586,21 +613,29 @@ class TaskBucketGroup:
                 f"task data cannot be sent to peers (msgpack: {error}); use plain "
                 "dicts, lists, str, bytes, numbers, bools and None"
             ) from None
-        if not local.closed:
-            # TryFill answers a refusal instead of raising it: an overflowing fill
-            # (the common case when the bucket is full) pays no exception.
-            try:
-                refused: GoBucketError | None = call(local.actor_ref, m.TryFill(*fill))
-            except pykka.ActorDeadError:
-                refused = BucketClosedError(f"bucket {bucket!r} is shutting down")
-            if refused is None:
-                return done_future(Placement(True, self.node_id, bucket, id, None))
-            if not isinstance(refused, _PEER_MAY_TAKE):
-                raise refused  # a duplicate id: no peer may run it either
+        return local, fill, packed
+
+    def _overflow(
+        self,
+        bucket: str,
+        local: TaskBucket,
+        fill: FillFields,
+        packed: bytes,
+        refused: GoBucketError | None,
+    ) -> RouteFill:
+        """The RouteFill for a fill the local bucket ``refused`` (None: it is closed), or raise."""
+        if refused is not None and not isinstance(refused, _PEER_MAY_TAKE):
+            raise refused  # a duplicate id: no peer may run it either
         if self._group is None:
             raise GoBucketError("start() the group before filling it")
+        message = m.FillTask(*fill)
         wire = protocol.fill(
-            bucket, id, packed, message.task_type.value, message.run_after, message.life_span
+            bucket,
+            message.task_id,
+            packed,
+            message.task_type.value,
+            message.run_after,
+            message.life_span,
         )
         why = "is closed" if local.closed else "is full"
         if self._group.failure is not None:
@@ -612,8 +647,7 @@ class TaskBucketGroup:
             raise NoPeerAvailableError(
                 f"task buffer exceeded: bucket {bucket!r} {why} and the group is stopped"
             )
-        future: pykka.Future[Placement] = self._group.ask_later(RouteFill(bucket, id, wire))
-        return future
+        return RouteFill(bucket, message.task_id, wire)
 
     def peers(self) -> list[PeerInfo]:
         """What this node knows of each peer: address, node id, loads, up/down, source."""

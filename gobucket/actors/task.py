@@ -505,7 +505,8 @@ class TaskActor(TaskContext, LightActor):
         load = spec.load if kind is HookKind.EXECUTE else None
         runtime = spec.runtime
         if is_async:
-            return runtime.async_runner.submit(fn, args, self, kind, urgent=urgent, load=load)
+            runner = self.spec.hooks.async_runner or runtime.async_runner
+            return runner.submit(fn, args, self, kind, urgent=urgent, load=load)
         runtime.threads.submit(fn, args, self, kind, urgent=urgent, load=load)
         return None
 

@@ -10,6 +10,7 @@ from gobucket.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     from gobucket.context import TaskContext
+    from gobucket.executors.async_ import AsyncHookRunner
 
 __all__ = ["Executor", "FunctionExecutor", "Hook", "HookTable"]
 
@@ -90,9 +91,12 @@ class HookTable:
 
     Hooks still equal to the :class:`Executor` defaults are recorded as
     ``None`` so that the runtime can skip them without a thread hop.
+    ``async_runner`` is where the ``async def`` hooks run: ``None`` for the
+    runtime's own event loop (an :class:`~gobucket.AsyncTaskBucket` sets the
+    loop that opened it).
     """
 
-    __slots__ = ("execute", "execute_error", "exhausted", "finish", "panic")
+    __slots__ = ("async_runner", "execute", "execute_error", "exhausted", "finish", "panic")
 
     def __init__(self, executor: Executor) -> None:
         if not isinstance(executor, Executor):
@@ -116,6 +120,7 @@ class HookTable:
         self.exhausted = self._entry(executor, "on_task_exhausted")
         self.execute_error = self._entry(executor, "on_execute_error")
         self.panic = self._entry(executor, "on_panic")
+        self.async_runner: AsyncHookRunner | None = None
 
     @staticmethod
     def _entry(executor: Any, name: str) -> tuple[Hook, bool] | None:
