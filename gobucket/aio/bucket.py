@@ -21,7 +21,7 @@ from gobucket.errors import GoBucketError, TaskNotFoundError
 from gobucket.executors.async_ import AsyncHookRunner
 from gobucket.executors.base import Executor
 from gobucket.recovery.sinks import JsonlRescueSink, RescueSink
-from gobucket.types import BucketStats
+from gobucket.types import BucketStats, TaskStatus
 
 __all__ = ["AsyncTaskBucket"]
 
@@ -214,6 +214,13 @@ class AsyncTaskBucket:
     def stats(self) -> BucketStats:
         """A snapshot of the bucket's counters (a short read of its actor; no await needed)."""
         return self._sync.stats()
+
+    def status(self, id: str) -> TaskStatus | None:
+        """The state of the live task ``id`` (a short read of its actor), or None.
+
+        The same as :meth:`TaskBucket.status <gobucket.TaskBucket.status>`.
+        """
+        return self._sync.status(id)
 
     async def close(
         self,

@@ -20,8 +20,10 @@ from gobucket import (
     BucketFullError,
     DuplicateTaskError,
     Executor,
+    FunctionExecutor,
     InvalidArgumentError,
     TaskNotFoundError,
+    TaskState,
     TaskType,
 )
 
@@ -259,3 +261,20 @@ def test_a_hook_that_awaits_longer_than_the_threshold_is_not_blamed(
     asyncio.run(scenario())
     # (a loaded host may stall the whole process now and then; never because of this hook)
     assert not [r for r in caplog.records if "Polite" in r.getMessage()]
+
+
+def test_status_answers_for_a_live_task_and_none_after_a_drain() -> None:
+    async def main() -> None:
+        async with AsyncTaskBucket(
+            BucketConfig(name="status", run_after=60.0, life_span=120.0), FunctionExecutor()
+        ) as bucket:
+            await bucket.fill(TaskType.TIME_BOMB, "later")
+            status = bucket.status("later")
+            assert status is not None
+            assert status.state is TaskState.WAITING
+            assert 50.0 < status.due_in <= 60.0
+            assert status.attempt == 0
+            await bucket.drain("later")
+            assert bucket.status("later") is None
+
+    asyncio.run(main())
