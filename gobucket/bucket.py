@@ -37,6 +37,7 @@ from gobucket.errors import (
 )
 from gobucket.executors.base import Executor, HookTable
 from gobucket.executors.load import WorkLoad
+from gobucket.metrics import _live
 from gobucket.recovery.collect import RescueReport, default_fallback, rescue_pass
 from gobucket.recovery.record import check_storable
 from gobucket.recovery.sinks import JsonlRescueSink, RescueSink
@@ -127,6 +128,7 @@ class TaskBucket:
             max_restarts=max_restarts,
             window=restart_window,
         )
+        _live.track_bucket(self)  # so that gobucket.metrics.serve(port) can expose it
 
     # supervision -------------------------------------------------------------------
     def _spawn(self) -> pykka.ActorRef[BucketActor]:

@@ -33,6 +33,7 @@ from gobucket.errors import (
     InvalidArgumentError,
     NoPeerAvailableError,
 )
+from gobucket.metrics import _live
 from gobucket.metrics import expose as metrics
 from gobucket.recovery.collect import RescueReport
 from gobucket.recovery.record import RescuedTask
@@ -207,6 +208,7 @@ class TaskBucketGroup:
         self._metrics_host = host
         self._metrics: metrics.MetricsServer | None = None
         self._key = f"group:{self.node_id}"
+        _live.track_group(self)  # so that gobucket.metrics.serve(port) can expose it
         self._known: dict[tuple[str, int], PeerUp] = {}
         self._started = False
         self._stopped = threading.Event()

@@ -12,6 +12,7 @@ through :mod:`gobucket.metrics`, which says what to install when it is missing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import weakref
@@ -29,6 +30,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from gobucket.bucket import TaskBucket
 from gobucket.errors import GoBucketError
 from gobucket.executors.runner import HookKind
+from gobucket.metrics._live import live_sources
 from gobucket.metrics._probe import BucketProbe
 from gobucket.types import BucketStats, Outcome
 
@@ -70,6 +72,22 @@ class GoBucketCollector(Collector):
         self._lock = threading.Lock()
         self._buckets: dict[str, _Bucket] = {}
         self._groups: list[_Group] = []
+        self._follow = False
+
+    def follow_process(self) -> None:
+        """Watch every bucket and group of this process, now and at each scrape."""
+        self._follow = True
+        self._adopt()
+
+    def _adopt(self) -> None:
+        """Add the live buckets and groups not watched yet (groups first; clashes skipped)."""
+        groups, buckets = live_sources()
+        in_groups = {id(b) for g in groups for b in g._buckets.values()}
+        buckets = [b for b in buckets if id(b) not in in_groups]
+        chosen: list[TaskBucket | TaskBucketGroup] = [*groups, *buckets]
+        for source in chosen:
+            with contextlib.suppress(ValueError):  # a name taken by another live bucket
+                self.add(source)
 
     # sources ---------------------------------------------------------------------------
     def add(self, source: TaskBucket | TaskBucketGroup) -> None:
@@ -146,6 +164,8 @@ class GoBucketCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         """Read every watched bucket and group now."""
+        if self._follow:
+            self._adopt()
         with self._lock:
             buckets = list(self._buckets.values())
             groups = [g.group() for g in self._groups]

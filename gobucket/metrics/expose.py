@@ -20,7 +20,14 @@ if TYPE_CHECKING:
     from gobucket.group import TaskBucketGroup
     from gobucket.metrics.collector import GoBucketCollector
 
-__all__ = ["INSTALL_HINT", "MetricsServer", "register", "require", "serve", "unregister"]
+__all__ = [
+    "INSTALL_HINT",
+    "MetricsServer",
+    "register",
+    "require",
+    "serve",
+    "unregister",
+]
 
 INSTALL_HINT = "pip install 'gobucket[metrics]'"
 """What to install for :mod:`gobucket.metrics`."""
@@ -157,12 +164,17 @@ def serve(
 ) -> MetricsServer:
     """Serve Prometheus metrics over HTTP on ``addr:port`` (``/metrics``; port 0: a free one).
 
-    With ``sources`` (buckets or groups) and no ``registry``, a dedicated
-    registry holding just those sources is served. Without ``sources`` the
-    ``registry`` is served as it is (default: ``prometheus_client.REGISTRY``,
-    where :func:`register` puts sources by default, along with the process
-    metrics of prometheus_client). Returns a :class:`MetricsServer`; its
-    ``stop()`` closes the endpoint.
+    * ``serve(port)``: every bucket and group of this process, including the
+      ones made later, in ``prometheus_client.REGISTRY`` (with anything else
+      registered there, such as the process metrics of prometheus_client).
+      Buckets are labelled by name; when two live buckets share a name the
+      first one seen is exposed (give them distinct names, or use ``sources``).
+    * ``serve(port, sources=[...])``: just those buckets or groups, in a
+      dedicated registry, so two endpoints never clash.
+    * ``serve(port, registry=r)``: ``r`` as it is (with ``sources``, those are
+      added to it).
+
+    Returns a :class:`MetricsServer`; its ``stop()`` closes the endpoint.
 
     Raises:
         ModuleNotFoundError: prometheus_client is not installed.
@@ -170,11 +182,16 @@ def serve(
     """
     prometheus = require()
     chosen = list(sources)
+    everything = registry is None and not chosen
     if registry is None:
         registry = prometheus.CollectorRegistry() if chosen else prometheus.REGISTRY
     assert registry is not None
     for source in chosen:
         register(source, registry)
+    if everything:
+        collector: GoBucketCollector | None = _collector_module().collector_for(registry)
+        assert collector is not None
+        collector.follow_process()
     try:
         server, thread = prometheus.start_http_server(port, addr, registry)
     except BaseException:

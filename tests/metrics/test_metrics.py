@@ -318,3 +318,47 @@ def test_gobucket_imports_without_prometheus_client() -> None:
     refusals = [line for line in done.stdout.splitlines() if line.startswith("refused:")]
     assert len(refusals) == 2
     assert all("pip install 'gobucket[metrics]'" in line for line in refusals)
+
+
+def test_serve_without_sources_exposes_every_bucket_of_the_process() -> None:
+    # In a child: serve(port) follows prometheus_client.REGISTRY for the whole process,
+    # which must not leak into this test session's registry.
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                """
+                import urllib.request
+                import gobucket.metrics
+                from gobucket import BucketConfig, FunctionExecutor, TaskBucket, TaskType
+                from prometheus_client.parser import text_string_to_metric_families
+
+                def ends(url):
+                    text = urllib.request.urlopen(url, timeout=30).read().decode()
+                    return {
+                        s.labels["bucket"]: s.value
+                        for f in text_string_to_metric_families(text)
+                        for s in f.samples
+                        if s.name == "gobucket_task_ends_total"
+                        and s.labels.get("outcome") == "finished"
+                    }
+
+                early = TaskBucket(BucketConfig(name="early"), FunctionExecutor())
+                with gobucket.metrics.serve(0, "127.0.0.1") as server:
+                    late = TaskBucket(BucketConfig(name="late"), FunctionExecutor())
+                    for bucket, n in ((early, 3), (late, 2)):
+                        for i in range(n):
+                            bucket.fill(TaskType.IMMEDIATE, f"t{i}")
+                        assert bucket.join(30)
+                    print("ends", sorted(ends(server.url).items()))
+                """
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ends [('early', 3.0), ('late', 2.0)]" in done.stdout, done.stdout
