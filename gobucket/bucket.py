@@ -491,6 +491,10 @@ class TaskBucket:
             self._finished = True
         self._actor.stop()
 
+    def _alive_now(self) -> int:
+        """How many tasks are alive, read without asking the actor (a snapshot; 0 once closed)."""
+        return 0 if self._finished else self._load.alive()
+
     def __len__(self) -> int:
         """How many tasks are alive (0 once closed)."""
         try:

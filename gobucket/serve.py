@@ -66,8 +66,8 @@ class ServedBucket(Protocol):
         """The bucket's actor (now)."""
         ...
 
-    def __len__(self) -> int:
-        """How many tasks are alive."""
+    def _alive_now(self) -> int:
+        """How many tasks are alive, read without asking the bucket's actor."""
         ...
 
     def _make_fill(
@@ -150,7 +150,9 @@ class BucketServer:
             try:
                 if bucket.closed:  # a closed bucket takes nothing: report it full
                     raise RuntimeError("closed")
-                loads[name] = [len(bucket), bucket.config.max_bucket]
+                # Read without asking the actor: the network loop must not wait for a
+                # busy bucket (a rescue of 100,000 tasks) to answer a ping.
+                loads[name] = [bucket._alive_now(), bucket.config.max_bucket]
             except Exception:
                 loads[name] = [bucket.config.max_bucket, bucket.config.max_bucket]
         return loads

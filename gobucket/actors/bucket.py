@@ -59,6 +59,7 @@ class BucketActor(RuntimeActor):
             self.runtime,
         )
         self.tasks: dict[str, TaskActor] = {}
+        self.load.alive = self.tasks.__len__  # a read-only count for other threads (PONG)
         self.closed = False
         self._empty_waiters: list[pykka.Future[Any]] = []
         self._counts = dict.fromkeys(Outcome, 0)

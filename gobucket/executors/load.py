@@ -73,11 +73,15 @@ class WorkLoad:
     carries the bucket's optional :class:`HookObserver` (``observer``).
     """
 
-    __slots__ = ("_lock", "_queued", "_running", "name", "observer", "warnings")
+    __slots__ = ("_lock", "_queued", "_running", "alive", "name", "observer", "warnings")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.observer: HookObserver | None = None
+        self.alive: Callable[[], int] = _none_alive
+        """How many tasks the bucket holds now: a read-only view of its actor's table,
+        set by each BucketActor as it starts; readable from any thread without asking
+        the actor (so a busy actor never blocks it)."""
         self._lock = threading.Lock()
         self._queued = 0
         self._running: dict[str, TaskContext] = {}
@@ -145,3 +149,8 @@ class WorkLoad:
             queued = self._queued
         overrunning = sum(1 for ctx in running if ctx._cancelled)
         return LoadSnapshot(max(0, queued), len(running), overrunning)
+
+
+def _none_alive() -> int:
+    """No BucketActor has started yet."""
+    return 0

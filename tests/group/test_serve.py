@@ -159,3 +159,18 @@ def test_loads_report_a_closed_bucket_full(cluster: Cluster) -> None:
     closed.close()
     server = BucketServer({BUCKET: bucket, "closed": closed}, frames.DEFAULT_MAX_FRAME)
     assert server.loads() == {BUCKET: [1, 3], "closed": [4, 4]}
+
+
+def test_loads_never_wait_for_a_busy_bucket(cluster: Cluster) -> None:
+    # PONG reports loads from the network loop: a bucket whose actor is busy (say,
+    # rescuing 100,000 tasks) must not stall every ping of the node.
+    bucket = cluster.bucket(max_bucket=3)
+    hold(bucket, 2)
+    server = BucketServer({BUCKET: bucket}, frames.DEFAULT_MAX_FRAME)
+    got: list[dict[str, list[int]]] = []
+    with busy(bucket):
+        reader = threading.Thread(target=lambda: got.append(server.loads()), daemon=True)
+        reader.start()
+        reader.join(WAIT)
+        assert not reader.is_alive(), "loads() waited for the busy bucket's actor"
+    assert got == [{BUCKET: [2, 3]}]
