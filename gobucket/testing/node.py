@@ -28,7 +28,7 @@ then one line per command. Commands, one JSON object per line on stdin:
 * ``{"cmd": "stop"}`` (or the end of stdin) -> ``{"event": "stopped"}``, and the process ends.
 
 With ``--redis URL`` the group has a shared task pool (``--pool-name``,
-``--claim-timeout``): fills no node has room for go to the pool (``placed`` counts them
+``--claim-timeout``, ``--lookahead``): fills no node has room for go to the pool (``placed`` counts them
 under ``"pool"``), and the bucket takes tasks from it. ``--rescue-to-pool`` makes the pool
 the bucket's rescue sink, ``--signals`` installs the SIGTERM/SIGINT rescue,
 ``--work S`` makes each ``on_execute`` take S seconds, and ``--report-ends`` prints
@@ -102,6 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--redis", default=None, help="a shared task pool on this Redis URL")
     parser.add_argument("--pool-name", default="gobucket")
     parser.add_argument("--claim-timeout", type=float, default=30.0)
+    parser.add_argument("--lookahead", type=float, default=1.0)
     parser.add_argument("--rescue-to-pool", action="store_true")
     parser.add_argument("--signals", action="store_true", help="install the SIGTERM rescue")
     parser.add_argument("--work", type=float, default=0.0, help="seconds each on_execute takes")
@@ -200,6 +201,7 @@ class _Node:
                 args.redis,
                 name=args.pool_name,
                 claim_timeout=args.claim_timeout,
+                lookahead=args.lookahead,
                 poll_interval=0.05,
             )
         )

@@ -21,10 +21,12 @@ class EndLog:
         self.cond = threading.Condition()
         self.ends: list[tuple[str, str, str, float]] = []
         self.starts: dict[str, float] = {}
+        self.data: dict[str, Any] = {}
 
-    def started(self, task_id: str) -> None:
+    def started(self, task_id: str, data: Any = None) -> None:
         with self.cond:
             self.starts.setdefault(task_id, time.time())
+            self.data.setdefault(task_id, data)
 
     def ended(self, node: str, task_id: str, outcome: str) -> None:
         with self.cond:
@@ -51,7 +53,7 @@ class LoggingExecutor(Executor):
         self.work = work
 
     def on_execute(self, ctx: TaskContext, id: str, data: Any) -> None:
-        self.log.started(id)
+        self.log.started(id, data)
         if self.work:
             ctx.wait_cancelled(self.work)
 
