@@ -7,9 +7,8 @@ import time
 from collections import Counter
 from typing import Any
 
-from helpers.waiting import WAIT
-
 from gobucket import BucketConfig, Executor, RedisTaskPool, TaskBucket, TaskContext
+from helpers.waiting import WAIT
 
 BUCKET = "jobs"
 

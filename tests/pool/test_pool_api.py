@@ -54,7 +54,7 @@ def test_claim_ack_release_reap_keep_one_copy(redis_url: str) -> None:
         assert [t.task_id for t, _ in again] == ["a"]
         assert pool._ack_held(BUCKET, [("a", token)]) == 0  # the old claim is void
         assert pool._release_held(BUCKET, [("a", token2)]) == 1
-        token3, third = pool._claim_due(BUCKET, 10)
+        token3, _ = pool._claim_due(BUCKET, 10)
         assert pool._ack_held(BUCKET, [("a", token3)]) == 1
         assert pool.stats(BUCKET).pending == 0
     finally:

@@ -64,7 +64,7 @@ def test_a_group_fill_the_pool_refuses_says_why(redis_url: str) -> None:
         group.start()
         group.fill(BUCKET, "held", task_type=TaskType.TIME_BOMB, run_after=60, life_span=90)
         pool.add(BUCKET, "pending", None, task_type=TaskType.TIME_BOMB, run_after=60, life_span=90)
-        with pytest.raises(NoPeerAvailableError, match="task pool refused it.*maximum of 1"):
+        with pytest.raises(NoPeerAvailableError, match=r"task pool refused it.*maximum of 1"):
             group.fill(BUCKET, "refused", timeout=30)
     finally:
         group.stop()

@@ -1,4 +1,4 @@
-"""Redis itself fails: SIGKILL and restart with AOF, SIGSTOP. No fill hangs, nothing accepted is lost."""
+"""Redis fails: SIGKILL and restart with AOF, SIGSTOP. No fill hangs, nothing accepted is lost."""
 
 from __future__ import annotations
 
