@@ -30,7 +30,8 @@ then one line per command. Commands, one JSON object per line on stdin:
 With ``--redis URL`` the group has a shared task pool (``--pool-name``,
 ``--claim-timeout``, ``--lookahead``): fills no node has room for go to the pool
 (``placed`` counts them under ``"pool"``), and the bucket takes tasks from it.
-``--rescue-to-pool`` makes the pool the bucket's rescue sink, ``--signals`` installs the SIGTERM/SIGINT rescue,
+``--rescue-to-pool`` makes the pool the bucket's rescue sink,
+``--signals`` installs the SIGTERM/SIGINT rescue,
 ``--work S`` makes each ``on_execute`` take S seconds, and ``--report-ends`` prints
 ``{"event": "started", "id", "at"}`` when an ``on_execute`` starts and
 ``{"event": "ended", "id", "outcome", "at", "due"}`` when a task's end hook runs (``at``
