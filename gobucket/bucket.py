@@ -519,6 +519,12 @@ class TaskBucket:
         self._finish_close()
         return report
 
+    def _release_pool_tasks(self, timeout: float) -> None:
+        """Stop pulling and put back the pool's tasks that have not started (a group's
+        hand-off does this first, so that they go back to the pool, not to a peer)."""
+        if self._puller is not None:
+            self._put_back(_Budget(timeout))
+
     def _put_back(self, budget: _Budget) -> RescueReport:
         """Give the pool back the tasks taken from it that have not started."""
         assert self._puller is not None

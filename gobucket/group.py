@@ -355,6 +355,8 @@ class TaskBucketGroup:
         if handoff:
             for bucket in self._buckets.values():
                 bucket._seal()
+            for bucket in self._buckets.values():
+                bucket._release_pool_tasks(timeout)
             if self._group is not None:
                 handed = self._hand_off(timeout)
         self._stopped.set()
