@@ -74,7 +74,8 @@ return (#ARGV - 1) / 3
 
 # KEYS: due, tasks, claims, owner. ARGV: horizon_ms, limit, token, expiry_ms.
 # Claims up to limit unclaimed tasks due by horizon_ms (earliest first) for token.
-# Returns id, record, due_ms, id, record, due_ms, ...
+# Returns one msgpack string (a reply of many bulk strings costs the client far more
+# to parse): the array id, record, due_ms, id, record, due_ms, ...
 CLAIM = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES',
                        'LIMIT', 0, tonumber(ARGV[2]))
@@ -91,16 +92,17 @@ for i = 1, #ids, 2 do
         out[#out + 1] = ids[i + 1]
     end
 end
-return out
+return cmsgpack.pack(out)
 """
 
-# KEYS: tasks, sched, claims, owner. ARGV: (id, token) pairs.
+# KEYS: tasks, sched, claims, owner. ARGV[1]: msgpack array id, token, id, token, ...
 # Deletes each task still held by that token. Returns how many were deleted.
 ACK = """
 local n = 0
-for i = 1, #ARGV, 2 do
-    local id = ARGV[i]
-    if redis.call('HGET', KEYS[4], id) == ARGV[i + 1] then
+local held = cmsgpack.unpack(ARGV[1])
+for i = 1, #held, 2 do
+    local id = held[i]
+    if redis.call('HGET', KEYS[4], id) == held[i + 1] then
         redis.call('HDEL', KEYS[4], id)
         redis.call('ZREM', KEYS[3], id)
         redis.call('HDEL', KEYS[1], id)

@@ -8,6 +8,8 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import msgpack
+
 from gobucket.config import TaskType
 from gobucket.errors import (
     DuplicateTaskError,
@@ -278,11 +280,12 @@ class RedisTaskPool:
             keys=self._keys(bucket, "due", "tasks", "claims", "owner"),
             args=[_ms(now + self.lookahead), limit, token, _ms(now + self.claim_timeout)],
         )
+        flat = msgpack.unpackb(raw, raw=True) if raw else []
         out: list[tuple[PoolTask, int]] = []
-        for i in range(0, len(raw), 3):
-            task_id = raw[i].decode()
+        for i in range(0, len(flat), 3):
+            task_id = flat[i].decode()
             try:
-                out.append((decode(task_id, raw[i + 1]), int(raw[i + 2])))
+                out.append((decode(task_id, flat[i + 1]), int(float(flat[i + 2]))))
             except (ValueError, TypeError) as error:
                 logger.error(
                     "task pool %r: unreadable record %r skipped: %s", self.name, task_id, error
@@ -294,7 +297,8 @@ class RedisTaskPool:
         if not held:
             return 0
         keys = self._keys(bucket, "tasks", "sched", "claims", "owner")
-        return int(self._ack(keys=keys, args=[x for pair in held for x in pair]))
+        packed = msgpack.packb([x for pair in held for x in pair], use_bin_type=False)
+        return int(self._ack(keys=keys, args=[packed]))
 
     def _release_held(self, bucket: str, held: Sequence[tuple[str, str]]) -> int:
         """Put claimed tasks back, unclaimed, at their original due time."""
