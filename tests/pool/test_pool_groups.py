@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
 import pytest
 from helpers.pool_nodes import BUCKET, EndLog, LoggingExecutor, make_pool
 
 from gobucket import (
+    AsyncTaskBucketGroup,
     BucketConfig,
     NoPeerAvailableError,
     Placement,
@@ -69,4 +71,29 @@ def test_a_group_fill_the_pool_refuses_says_why(redis_url: str) -> None:
     finally:
         group.stop()
         group.get_bucket(BUCKET).close(grace=0)
+        pool.close()
+
+
+def test_an_async_group_spills_to_the_pool(redis_url: str) -> None:
+    log = EndLog()
+    pool = make_pool(redis_url)
+    config = BucketConfig(life_span=60, max_bucket=1, name=BUCKET)
+    bucket = TaskBucket(config, LoggingExecutor(log, "async"))
+
+    async def main() -> list[Placement]:
+        group = AsyncTaskBucketGroup(
+            {BUCKET: bucket}, port=0, host="127.0.0.1", discovery=False, pool=pool
+        )
+        async with group:
+            held = await group.fill(BUCKET, "held", task_type=TaskType.TIME_BOMB, run_after=30)
+            spilled = await group.fill(BUCKET, "spilled", {"k": 1}, timeout=30)
+            return [held, spilled]
+
+    try:
+        held, spilled = asyncio.run(main())
+        assert held.local and not held.pool
+        assert spilled.pool and not spilled.local
+        assert pool.stats(BUCKET).pending >= 1 or "spilled" in log.per_id()
+    finally:
+        bucket.close(grace=0)
         pool.close()
