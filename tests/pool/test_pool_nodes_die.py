@@ -52,18 +52,17 @@ def test_the_claims_of_a_killed_node_end_on_another_node(redis_url: str) -> None
     ids = [f"k{i}" for i in range(40)]
     for task_id in ids:
         pool.add(BUCKET, task_id, {"id": task_id}, life_span=120)
-    child = _pool_child(redis_url, "--max", "10", "--work", "0.4", "--claim-timeout", "2")
+    child = _pool_child(redis_url, "--max", "10", "--work", "3", "--claim-timeout", "2")
     log = EndLog()
     survivor = None
     try:
         deadline = time.monotonic() + WAIT * 3
         started: set[str] = set()
-        while len(started) < 14 and time.monotonic() < deadline:  # it took a second round
+        while len(started) < 5 and time.monotonic() < deadline:  # its first claims run
             started |= {e["id"] for e in _events(child, "started")}
-        assert len(started) >= 14, started
+        assert len(started) >= 5, started
         child.kill()  # SIGKILL while it holds claims (running or waiting)
-        events = _events(child, "", timeout=1.0)
-        del events
+        _events(child, "", timeout=1.0)  # read what it printed before it died
         seen = child.seen  # type: ignore[attr-defined]
         started = {e["id"] for e in seen if e.get("event") == "started"}
         ended_there = Counter(e["id"] for e in seen if e.get("event") == "ended")
