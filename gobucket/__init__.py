@@ -18,6 +18,8 @@ from gobucket.errors import (
     InvalidArgumentError,
     NoPeerAvailableError,
     PeerLostTaskError,
+    PoolFullError,
+    PoolUnavailableError,
     RescueTimeoutError,
     SinkWriteError,
     TaskActorCrashedError,
@@ -25,6 +27,7 @@ from gobucket.errors import (
 )
 from gobucket.executors.base import Executor, FunctionExecutor
 from gobucket.group import TaskBucketGroup
+from gobucket.pool import RedisTaskPool
 from gobucket.recovery import (
     DEFAULT_FALLBACK_PATH,
     EXIT_RESCUE_INCOMPLETE,
@@ -42,6 +45,7 @@ from gobucket.types import (
     Outcome,
     PeerInfo,
     Placement,
+    PoolStats,
     TaskState,
     TaskStatus,
 )
@@ -73,7 +77,11 @@ __all__ = [
     "PeerInfo",
     "PeerLostTaskError",
     "Placement",
+    "PoolFullError",
+    "PoolStats",
+    "PoolUnavailableError",
     "RedisRescueSink",
+    "RedisTaskPool",
     "RescueSink",
     "RescueTimeoutError",
     "RescuedTask",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -10,7 +11,7 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import pykka
 
@@ -30,18 +31,26 @@ from gobucket.config import (
 )
 from gobucket.errors import (
     BucketClosedError,
+    BucketFullError,
     GoBucketError,
     InvalidArgumentError,
+    PoolFullError,
+    PoolUnavailableError,
     RescueTimeoutError,
     TaskNotFoundError,
 )
 from gobucket.executors.base import Executor, HookTable
 from gobucket.executors.load import WorkLoad
 from gobucket.metrics import _live
+from gobucket.pool._record import PoolTask
+from gobucket.pool.puller import Puller
 from gobucket.recovery.collect import RescueReport, default_fallback, rescue_pass
 from gobucket.recovery.record import check_storable
 from gobucket.recovery.sinks import JsonlRescueSink, RescueSink
 from gobucket.types import BucketStats, TaskStatus
+
+if TYPE_CHECKING:
+    from gobucket.pool.pool import RedisTaskPool
 
 __all__ = ["MAX_TASK_ID", "TaskBucket", "validate_task_id"]
 
@@ -82,6 +91,12 @@ class TaskBucket:
             its live tasks are rescued and a fresh actor takes its place; more
             than ``max_restarts`` failures within ``restart_window`` seconds stop
             the bucket for good (callers then get :class:`BucketClosedError`).
+        pool: a shared task pool (:class:`~gobucket.RedisTaskPool`). A fill that
+            finds the bucket full goes to the pool instead (and ``fill`` returns
+            as for a local fill); while the bucket has room above the pool's low
+            watermark, a thread takes due tasks of this bucket's name from the
+            pool and runs them here. ``close`` puts back the pool's tasks that
+            have not started. See ``docs/pool.md``.
     """
 
     def __init__(
@@ -94,6 +109,7 @@ class TaskBucket:
         rescue_fallback: JsonlRescueSink | str | os.PathLike[str] | None = None,
         max_restarts: int = 3,
         restart_window: float = 10.0,
+        pool: RedisTaskPool | None = None,
     ) -> None:
         if not isinstance(config, BucketConfig):
             raise InvalidArgumentError(
@@ -118,6 +134,9 @@ class TaskBucket:
         self._finished = False  # the actor was stopped
         self._close_lock = threading.Lock()
         self._rescue_lock = threading.RLock()  # one rescue pass at a time
+        self.pool: RedisTaskPool | None = None
+        """The shared task pool this bucket spills to and pulls from (None: none)."""
+        self._puller: Puller | None = None
         self._actor: Supervised[BucketActor] = Supervised(
             self._runtime.supervisor,
             self._key,
@@ -129,10 +148,43 @@ class TaskBucket:
             window=restart_window,
         )
         _live.track_bucket(self)  # so that gobucket.metrics.serve(port) can expose it
+        if pool is not None:
+            self._attach_pool(pool)
+
+    def _attach_pool(self, pool: RedisTaskPool) -> None:
+        """Spill to ``pool`` when full, and start pulling from it (once per bucket)."""
+        if self.pool is not None:
+            if self.pool is not pool:
+                raise InvalidArgumentError(f"bucket {self.name!r} is attached to another pool")
+            return
+        reserve = max(0, int(self._config.max_bucket * pool.low_watermark))
+
+        def room() -> int:
+            return self._config.max_bucket - reserve - self._alive_now()
+
+        puller = Puller(pool, self.name, room, self._pool_fill)
+        self._puller = puller
+        self.pool = pool
+        self._ask(m.SetWatch(puller.watch))
+        puller.start()
+
+    def _pool_fill(self, task: PoolTask) -> GoBucketError | None:
+        """Fill a task taken from the pool, watched (acknowledged there once it ended)."""
+        kind, run_after, life, exhausted = task.plan()
+        try:
+            refused: GoBucketError | None = self._ask(
+                m.TryFill(kind, task.task_id, task.data, run_after, life, exhausted, True)
+            )
+        except (BucketClosedError, pykka.ActorDeadError):
+            return BucketClosedError(f"bucket {self.name!r} is closed")
+        return refused
 
     # supervision -------------------------------------------------------------------
     def _spawn(self) -> pykka.ActorRef[BucketActor]:
-        return BucketActor.start_on(self._runtime, self._config, self._hooks, self._key, self._load)
+        watch = None if self._puller is None else self._puller.watch
+        return BucketActor.start_on(
+            self._runtime, self._config, self._hooks, self._key, self._load, watch
+        )
 
     def _restarted(self, _fresh: pykka.ActorRef[BucketActor], panics: list[m.Answer]) -> None:
         self._after_crash(panics)
@@ -210,8 +262,39 @@ class TaskBucket:
             InvalidArgumentError: a bad id, type or duration, or data the
                 bucket's rescue sink could not store (nothing changed).
             BucketClosedError: the bucket was closed.
+
+        With a ``pool``, a fill that finds the bucket full goes to the pool and
+        returns normally (``stats().pool_*`` shows the pool's depth); it raises
+        :class:`BucketFullError` only when the pool refuses too (unreachable:
+        its ``__cause__`` is a :class:`~gobucket.PoolUnavailableError`; or over
+        its ``max_pending``: a :class:`~gobucket.PoolFullError`), and
+        :class:`DuplicateTaskError` when the pool holds a task with this id.
         """
-        self._ask(self._prepare_fill(task_type, id, data, run_after=run_after, life_span=life_span))
+        message = self._prepare_fill(task_type, id, data, run_after=run_after, life_span=life_span)
+        if self.pool is None:
+            self._ask(message)
+            return
+        refused: GoBucketError | None = self._ask(m.TryFill(*message))
+        if refused is None:
+            return
+        if not isinstance(refused, BucketFullError):
+            raise refused
+        self._spill(message, refused)
+
+    def _spill(self, message: m.FillTask, full: BucketFullError) -> None:
+        """Put a fill the bucket refused as full into the pool (on the caller's thread)."""
+        assert self.pool is not None
+        try:
+            self.pool.add(
+                self.name,
+                message.task_id,
+                message.data,
+                task_type=message.task_type,
+                run_after=message.run_after,
+                life_span=message.life_span,
+            )
+        except (PoolFullError, PoolUnavailableError) as error:
+            raise BucketFullError(f"{full}, and {error}") from error
 
     def _fill_exhausted(self, task_type: TaskType, task_id: str, data: Any) -> None:
         """Fill a task whose life span already ran out: it ends through ``on_task_exhausted``.
@@ -339,6 +422,14 @@ class TaskBucket:
     def stats(self) -> BucketStats:
         """A snapshot of the bucket's counters (alive, finished, drained, running, ...)."""
         stats: BucketStats = self._ask(m.GetStats())
+        cached = None if self._puller is None else self._puller.cached
+        if cached is not None:
+            stats = dataclasses.replace(
+                stats,
+                pool_ready=cached.ready,
+                pool_delayed=cached.delayed,
+                pool_claimed=cached.claimed,
+            )
         return stats
 
     def status(self, id: str) -> TaskStatus | None:
@@ -414,6 +505,8 @@ class TaskBucket:
         self._seal()
         budget = _Budget(timeout)
         report = RescueReport()
+        if self._puller is not None and not hurry:
+            report.merge(self._put_back(budget))
         try:
             if not hurry:
                 if not wait_pending:
@@ -427,6 +520,28 @@ class TaskBucket:
         report.merge(self._rescue_until_empty(budget))
         self._finish_close()
         return report
+
+    def _release_pool_tasks(self, timeout: float) -> None:
+        """Stop pulling and put back the pool's tasks that have not started (a group's
+        hand-off does this first, so that they go back to the pool, not to a peer)."""
+        if self._puller is not None:
+            self._put_back(_Budget(timeout))
+
+    def _put_back(self, budget: _Budget) -> RescueReport:
+        """Give the pool back the tasks taken from it that have not started."""
+        assert self._puller is not None
+        wait = min(budget.left(), 10.0)
+
+        def reserve(ids: frozenset[str]) -> list[tuple[pykka.ActorRef[Any], pykka.Future[Any]]]:
+            reserved: list[tuple[pykka.ActorRef[Any], pykka.Future[Any]]] = self._ask(
+                m.ReserveAll(ids)
+            )
+            return reserved
+
+        unplaced = self._puller.put_back(reserve, wait)
+        if not unplaced:
+            return RescueReport()
+        return self._collect(unplaced, budget.deadline())
 
     def _seal(self) -> None:
         """Refuse every further fill (the door closes before any rescue)."""
@@ -490,6 +605,8 @@ class TaskBucket:
                 return
             self._finished = True
         self._actor.stop()
+        if self._puller is not None:
+            self._puller.close()
 
     def _alive_now(self) -> int:
         """How many tasks are alive, read without asking the actor (a snapshot; 0 once closed)."""

@@ -12,6 +12,8 @@ __all__ = [
     "InvalidArgumentError",
     "NoPeerAvailableError",
     "PeerLostTaskError",
+    "PoolFullError",
+    "PoolUnavailableError",
     "RescueTimeoutError",
     "SinkWriteError",
     "TaskActorCrashedError",
@@ -125,3 +127,15 @@ class SinkWriteError(GoBucketError):
         super().__init__(message)
         self.failed = list(failed)
         self.written = written
+
+
+class PoolFullError(BucketFullError):
+    """A shared task pool refused a task: it holds its ``max_pending`` tasks of that bucket."""
+
+
+class PoolUnavailableError(GoBucketError, ConnectionError):
+    """A shared task pool could not be reached, or did not answer in time.
+
+    Nothing was stored: a command the pool ran too late (a frozen or overloaded
+    server) stores nothing (see ``docs/pool.md``).
+    """

@@ -10,13 +10,13 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any, Literal, Self, overload
+from typing import TYPE_CHECKING, Any, Literal, Self, overload
 
 import pykka
 
 from gobucket.actors import messages as m
-from gobucket.actors._future import done_future
-from gobucket.actors.actor import call
+from gobucket.actors._future import LatchFuture, done_future
+from gobucket.actors.actor import call, queue_then
 from gobucket.actors.group import GroupActor, RouteCounts, ScheduleFailed
 from gobucket.actors.messages import Discovered, GetPeers, RouteFill, StopGroup
 from gobucket.actors.runtime import ActorRuntime, default_runtime
@@ -32,6 +32,8 @@ from gobucket.errors import (
     GoBucketError,
     InvalidArgumentError,
     NoPeerAvailableError,
+    PoolFullError,
+    PoolUnavailableError,
 )
 from gobucket.metrics import _live
 from gobucket.metrics import expose as metrics
@@ -43,6 +45,9 @@ from gobucket.wire import protocol
 from gobucket.wire.connection import Identity
 from gobucket.wire.frames import DEFAULT_MAX_FRAME, pack
 from gobucket.wire.node import NetworkNode
+
+if TYPE_CHECKING:
+    from gobucket.pool.pool import RedisTaskPool
 
 __all__ = ["TaskBucketGroup"]
 
@@ -99,6 +104,10 @@ class TaskBucketGroup:
             (0 picks a free port, see :attr:`metrics_address`). Needs the
             ``metrics`` extra (``pip install 'gobucket[metrics]'``); see
             :mod:`gobucket.metrics`.
+        pool: a shared task pool (:class:`~gobucket.RedisTaskPool`) for every local
+            bucket: a fill that finds the local bucket and every peer full goes
+            to the pool (``placement.pool`` is True), and each local bucket takes
+            tasks from the pool while it has room. See ``docs/pool.md``.
     """
 
     def __init__(
@@ -120,6 +129,7 @@ class TaskBucketGroup:
         debug: bool = False,
         insecure: bool = False,
         metrics_port: int | None = None,
+        pool: RedisTaskPool | None = None,
     ) -> None:
         if not isinstance(buckets, Mapping) or not buckets:
             raise InvalidArgumentError("buckets must be a non-empty mapping of name to TaskBucket")
@@ -168,6 +178,11 @@ class TaskBucketGroup:
         if debug:
             logging.getLogger("gobucket").setLevel(logging.DEBUG)
         self._buckets = dict(buckets)
+        self.pool: RedisTaskPool | None = pool
+        """The shared task pool overflow spills to (None: none)."""
+        if pool is not None:
+            for bucket in self._buckets.values():
+                bucket._attach_pool(pool)
         self.cluster = cluster
         self.node_id = node_id or uuid.uuid4().hex[:12]
         self.ping_interval = float(ping_interval)
@@ -342,6 +357,8 @@ class TaskBucketGroup:
         if handoff:
             for bucket in self._buckets.values():
                 bucket._seal()
+            for bucket in self._buckets.values():
+                bucket._release_pool_tasks(timeout)
             if self._group is not None:
                 handed = self._hand_off(timeout)
         self._stopped.set()
@@ -589,10 +606,75 @@ class TaskBucketGroup:
                 refused = BucketClosedError(f"bucket {bucket!r} is shutting down")
             if refused is None:
                 return done_future(Placement(True, self.node_id, bucket, id, None))
-        route = self._overflow(bucket, local, fill, packed, refused)
+        if self.pool is None:
+            route = self._overflow(bucket, local, fill, packed, refused)
+            assert self._group is not None
+            future: pykka.Future[Placement] = self._group.ask_later(route)
+            return future
+        try:
+            route = self._overflow(bucket, local, fill, packed, refused)
+        except NoPeerAvailableError as error:  # the group is stopped: the pool still may
+            return done_future(self._spill(bucket, fill, error))
+        except GoBucketError as error:
+            if self._group is not None or not (
+                refused is None or isinstance(refused, _PEER_MAY_TAKE)
+            ):
+                raise
+            # Not started: no peers to try, straight to the pool.
+            return done_future(self._spill(bucket, fill, error))
         assert self._group is not None
-        future: pykka.Future[Placement] = self._group.ask_later(route)
-        return future
+        return self._route_then_spill(route, fill)
+
+    def _route_then_spill(self, route: RouteFill, fill: FillFields) -> pykka.Future[Placement]:
+        """Ask the group to place ``route``; when no peer takes it, spill it to the pool
+        (on an end worker: ``run_blocking``, never on the group actor's thread)."""
+        assert self._group is not None
+        out: LatchFuture[Placement] = LatchFuture()
+
+        def spill() -> None:
+            try:
+                out.set(self._spill(route.bucket, fill, last))
+            except BaseException as error:
+                out.set_exception((type(error), error, error.__traceback__))
+
+        last: GoBucketError = NoPeerAvailableError("no peer")
+
+        def routed(answer: Any, error: BaseException | None) -> None:
+            nonlocal last
+            if error is None:
+                out.set(answer)
+            elif isinstance(error, NoPeerAvailableError):
+                last = error
+                self._runtime.run_blocking(spill)
+            else:
+                out.set_exception((type(error), error, error.__traceback__))
+
+        queue_then(self._group.ref, route, routed)
+        return out
+
+    def _spill(self, bucket: str, fill: FillFields, refused: GoBucketError) -> Placement:
+        """Put a fill no node took into the pool (blocking: never on an actor's thread).
+
+        Raises:
+            NoPeerAvailableError: the pool refused it too (the message says why).
+            DuplicateTaskError: the pool holds a task with this id.
+        """
+        assert self.pool is not None
+        task_type, task_id, data, run_after, life_span = fill
+        try:
+            self.pool.add(
+                bucket,
+                task_id,
+                data,
+                task_type=task_type,
+                run_after=run_after,
+                life_span=life_span,
+            )
+        except (PoolFullError, PoolUnavailableError) as error:
+            raise NoPeerAvailableError(
+                f"{refused}; and the task pool refused it: {error}"
+            ) from error
+        return Placement(False, f"pool:{self.pool.name}", bucket, task_id, None, pool=True)
 
     # The steps of a group fill, shared with the async face (gobucket.aio), which
     # asks TryFill and RouteFill with futures that call back instead of waiting.

@@ -16,6 +16,7 @@ __all__ = [
     "Outcome",
     "PeerInfo",
     "Placement",
+    "PoolStats",
     "TaskState",
     "TaskStatus",
 ]
@@ -64,6 +65,13 @@ class BucketStats:
     """Tasks ended per second over the last 10 seconds (any end)."""
     end_rate_60s: float = 0.0
     """Tasks ended per second over the last 60 seconds (any end)."""
+    pool_ready: int = 0
+    """Tasks of this bucket's name waiting in its shared pool and due now (0 without a
+    pool; refreshed about once a second by the pool's puller)."""
+    pool_delayed: int = 0
+    """Tasks of this bucket's name in the pool that are not due yet."""
+    pool_claimed: int = 0
+    """Tasks of this bucket's name claimed by some node (running or about to)."""
 
     @property
     def free(self) -> int:
@@ -85,6 +93,30 @@ class Placement:
     bucket: str
     task_id: str
     address: tuple[str, int] | None = None
+    pool: bool = False
+    """True when the task went to the shared task pool (a
+    :class:`~gobucket.RedisTaskPool`) because the local bucket and every peer were full."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """The depth of one bucket's queue in a shared task pool, at one instant.
+
+    ``ready`` tasks are due and unclaimed, ``delayed`` ones are unclaimed and
+    due later, ``claimed`` ones are held by a node (running, or waiting there
+    for their due time); ``pending`` is all three.
+    """
+
+    pool: str
+    bucket: str
+    ready: int
+    delayed: int
+    claimed: int
+
+    @property
+    def pending(self) -> int:
+        """Every task of this bucket the pool holds (ready, delayed and claimed)."""
+        return self.ready + self.delayed + self.claimed
 
 
 @dataclass(frozen=True, slots=True)

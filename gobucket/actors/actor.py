@@ -63,6 +63,7 @@ __all__ = [
     "ask_then",
     "call",
     "fail_dead",
+    "queue_then",
     "use_default_runtime",
 ]
 
@@ -347,6 +348,21 @@ def ask_then(
         return
     # A dead actor answers the queued message with ActorDeadError (_fail_dead).
     inbox.put(Envelope(message, reply_to=CallbackFuture(done)))
+
+
+def queue_then(
+    ref: pykka.ActorRef[Any], message: Any, done: Callable[[Any, BaseException | None], None]
+) -> None:
+    """Queue ``message`` for ``ref`` and call ``done(answer, error)`` once it is answered.
+
+    Unlike :func:`ask_then` it never runs the handler inline, so ``message`` may
+    be :class:`MayDefer` (the deferred answer calls ``done`` when it is set, on
+    the thread that sets it). Never blocks.
+    """
+    if not ref.is_alive():
+        done(None, pykka.ActorDeadError(f"{ref} not found"))
+        return
+    ref.actor_inbox.put(Envelope(message, reply_to=CallbackFuture(done)))
 
 
 class RuntimeActor(pykka.Actor):

@@ -12,6 +12,7 @@ from gobucket._threads import tell_quietly
 from gobucket.actors import messages as m
 from gobucket.actors.actor import RuntimeActor
 from gobucket.actors.task import TaskActor, TaskSpec
+from gobucket.actors.watch import EndWatch
 from gobucket.config import BucketConfig, TaskType
 from gobucket.errors import (
     BucketClosedError,
@@ -43,9 +44,11 @@ class BucketActor(RuntimeActor):
         hooks: HookTable,
         supervisor_key: str | None = None,
         load: WorkLoad | None = None,
+        watch: EndWatch | None = None,
     ) -> None:
         super().__init__()
         self.supervisor_key = supervisor_key
+        self.watch = watch
         self.config = config
         self.load = load if load is not None else WorkLoad(config.name)
         self.spec = TaskSpec(
@@ -96,9 +99,11 @@ class BucketActor(RuntimeActor):
                 for task_id, task in list(self.tasks.items())
             ]
         if kind is m.ReserveAll:
+            ids = message.ids
             return [
                 (task.actor_ref(), task.ask(m.RESERVE, block=False))
-                for task in list(self.tasks.values())
+                for task_id, task in list(self.tasks.items())
+                if ids is None or task_id in ids
             ]
         if kind is m.GetStats:
             return self._stats()
@@ -111,6 +116,9 @@ class BucketActor(RuntimeActor):
             waiter = self.defer_reply()
             if waiter is not None:
                 self._empty_waiters.append(waiter)
+            return None
+        if kind is m.SetWatch:
+            self.watch = message.watch
             return None
         if kind is m.CloseBucket:
             self.closed = True
@@ -187,6 +195,8 @@ class BucketActor(RuntimeActor):
             exhausted=msg.exhausted,
         )
         tasks[task_id] = task  # before it starts: if it ends at once, its TaskEnded is queued
+        if msg.watched and self.watch is not None:
+            self.watch.ids.add(task_id)
         self._filled += 1
         task.start()
         return None
@@ -224,6 +234,10 @@ class BucketActor(RuntimeActor):
     def _remove(self, task_id: str, outcome: Outcome) -> None:
         if self.tasks.pop(task_id, None) is None:
             return
+        watch = self.watch
+        if watch is not None and watch.ids and task_id in watch.ids:
+            watch.ids.discard(task_id)
+            watch.ended(task_id, outcome)
         self._counts[outcome] += 1
         self._ends.count()
         if not self.tasks and self._empty_waiters:

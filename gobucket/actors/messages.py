@@ -47,6 +47,7 @@ __all__ = [
     "RescueAll",
     "Retry",
     "RouteFill",
+    "SetWatch",
     "Shed",
     "StopGroup",
     "Supervise",
@@ -118,8 +119,20 @@ class Release:
 
 
 @dataclass(frozen=True, slots=True)
+class SetWatch:
+    """Report the ends of watched tasks to ``watch`` (a shared pool's puller); answered None."""
+
+    watch: Any
+
+
+@dataclass(frozen=True, slots=True)
 class ReserveAll:
-    """Reserve every live task for hand-off; answered with [(ref, future of record)]."""
+    """Reserve every live task for hand-off; answered with [(ref, future of record)].
+
+    ``ids`` limits it to those tasks (the pool puts back only what it claimed).
+    """
+
+    ids: frozenset[str] | None = None
 
 
 FIRE = Fire()
@@ -147,6 +160,9 @@ class FillTask(NamedTuple):
     run_after: float
     life_span: float
     exhausted: bool = False
+    watched: bool = False
+    """Report this task's end to the bucket's :class:`~gobucket.actors.watch.EndWatch`
+    (a task taken from a shared pool, acknowledged there once it ended)."""
 
 
 class TryFill(FillTask):

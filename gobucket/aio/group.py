@@ -14,8 +14,13 @@ from gobucket.actors.group import ScheduleFailed
 from gobucket.aio._bridge import ask_soon
 from gobucket.aio.bucket import AsyncTaskBucket
 from gobucket.bucket import TaskBucket
-from gobucket.config import Duration, TaskType
-from gobucket.errors import BucketClosedError, GoBucketError, InvalidArgumentError
+from gobucket.config import Duration, FillFields, TaskType
+from gobucket.errors import (
+    BucketClosedError,
+    GoBucketError,
+    InvalidArgumentError,
+    NoPeerAvailableError,
+)
 from gobucket.group import TaskBucketGroup
 from gobucket.types import PeerInfo, Placement
 
@@ -167,19 +172,32 @@ class AsyncTaskBucketGroup:
                 refused = BucketClosedError(f"bucket {bucket!r} is shutting down")
             if refused is None:
                 return Placement(True, sync.node_id, bucket, id, None)
-        route = sync._overflow(bucket, local, fill, packed, refused)
+        try:
+            route = sync._overflow(bucket, local, fill, packed, refused)
+        except NoPeerAvailableError as error:
+            return await self._spill(bucket, fill, error)
         group = sync._group
         assert group is not None  # _overflow raised otherwise
         answer = ask_soon(group.ref, route)
-        if timeout is None:
-            placement: Placement = await answer
-            return placement
         try:
-            async with asyncio.timeout(timeout):
-                placement = await answer
+            if timeout is None:
+                placement: Placement = await answer
                 return placement
-        except TimeoutError:
-            raise pykka.Timeout(f"{timeout} seconds") from None
+            try:
+                async with asyncio.timeout(timeout):
+                    placement = await answer
+                    return placement
+            except TimeoutError:
+                raise pykka.Timeout(f"{timeout} seconds") from None
+        except NoPeerAvailableError as error:
+            return await self._spill(bucket, fill, error)
+
+    async def _spill(self, bucket: str, fill: FillFields, error: NoPeerAvailableError) -> Placement:
+        """No peer took the fill: put it in the group's pool (on a thread), or re-raise."""
+        if self._sync.pool is None:
+            raise error
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self._sync._spill, bucket, fill, error)
 
     def peers(self) -> list[PeerInfo]:
         """What this node knows of each peer (a short read of the group's actor)."""

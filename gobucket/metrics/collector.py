@@ -241,6 +241,12 @@ class _Families:
             "on_execute_error, on_task_exhausted, on_panic).",
             labels=["bucket", "hook"],
         )
+        self.pool = GaugeMetricFamily(
+            "gobucket_pool_tasks",
+            "Tasks of the bucket's name in its shared task pool, by state "
+            "(ready, delayed, claimed); only for buckets attached to a pool.",
+            labels=["bucket", "state"],
+        )
         self.peers_up = GaugeMetricFamily("gobucket_peers_up", "Peers connected and answering.")
         self.peers_known = GaugeMetricFamily(
             "gobucket_peers_known", "Peers this node knows (up or down)."
@@ -254,7 +260,7 @@ class _Families:
     def all(self, peers: bool = True) -> Iterator[Metric]:
         yield from (self.fills, self.refused, self.overflow_failed, self.ends, self.crashes)
         yield from (self.alive, self.capacity, self.running, self.queued, self.overrunning)
-        yield from (self.lateness, self.hooks)
+        yield from (self.lateness, self.hooks, self.pool)
         if peers:
             yield from (self.peers_up, self.peers_known, self.peer_up)
 
@@ -290,6 +296,10 @@ def _collect_bucket(out: _Families, entry: _Bucket) -> None:
         out.running.add_metric([name], stats.running)
         out.queued.add_metric([name], stats.queued)
         out.overrunning.add_metric([name], stats.overrunning)
+        if bucket is not None and bucket.pool is not None:
+            out.pool.add_metric([name, "ready"], stats.pool_ready)
+            out.pool.add_metric([name, "delayed"], stats.pool_delayed)
+            out.pool.add_metric([name, "claimed"], stats.pool_claimed)
     if entry.routed is not None:
         routed = entry.routed.snapshot().items()
         counts = {result: n for (label, result), n in routed if label == name}

@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from gobucket.config import TaskType
-from gobucket.errors import BucketFullError, DuplicateTaskError, GoBucketError
+from gobucket.errors import BucketFullError, DuplicateTaskError, GoBucketError, SinkWriteError
 
 if TYPE_CHECKING:
     from gobucket.recovery.record import RescuedTask
@@ -64,8 +64,18 @@ def _split(target: ReplayBucket | ReplayGroup) -> tuple[ReplayBucket | None, Rep
     return target, None
 
 
-def replay(sink: RescueSink, target: ReplayBucket | ReplayGroup) -> int:
+def replay(
+    sink: RescueSink,
+    target: ReplayBucket | ReplayGroup | None = None,
+    *,
+    into: RescueSink | None = None,
+) -> int:
     """Fill every task stored in ``sink`` back into ``target``; return how many were filled.
+
+    ``replay(sink, into=pool)`` instead moves every record into another sink —
+    a :class:`~gobucket.RedisTaskPool`, where live nodes pick them up on their
+    original wall-clock schedule — and returns how many were moved; each is
+    removed from ``sink`` once ``into`` stored it (at least once, as below).
 
     Time is wall-clock time: a record carries its absolute ``due_at`` and
     ``deadline_at``, and the time the process was down counts. For each task,
@@ -87,6 +97,12 @@ def replay(sink: RescueSink, target: ReplayBucket | ReplayGroup) -> int:
     another bucket name than a plain ``TaskBucket``'s are left in the sink.
     Replay stops (leaving the rest stored) when the target is full.
     """
+    if into is not None:
+        if target is not None:
+            raise TypeError("replay() takes a target or into=, not both")
+        return _move(sink, into)
+    if target is None:
+        raise TypeError("replay() needs a target bucket or group, or into=")
     bucket, _ = _split(target)
     filled = 0
     delivered: list[RescuedTask] = []
@@ -151,3 +167,24 @@ def _fill(target: ReplayBucket | ReplayGroup, task: RescuedTask) -> None:
             run_after=run_after,
             life_span=life,
         )
+
+
+def _move(sink: RescueSink, into: RescueSink) -> int:
+    """Write ``sink``'s records to ``into`` in batches; remove from ``sink`` what was stored."""
+    records = sink.read()
+    moved = 0
+    for start in range(0, len(records), _REMOVE_BATCH):
+        batch = records[start : start + _REMOVE_BATCH]
+        try:
+            into.write(batch)
+        except SinkWriteError as error:
+            failed = {id(task) for task in error.failed}
+            stored = [task for task in batch if id(task) not in failed]
+            if stored:
+                sink.remove(stored)
+            moved += len(stored)
+            logger.error("replay: %d record(s) left in the sink: %s", len(failed), error)
+            continue
+        sink.remove(batch)
+        moved += len(batch)
+    return moved

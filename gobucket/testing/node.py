@@ -27,6 +27,19 @@ then one line per command. Commands, one JSON object per line on stdin:
   (the mDNS source's counters and the peers it knows now)
 * ``{"cmd": "stop"}`` (or the end of stdin) -> ``{"event": "stopped"}``, and the process ends.
 
+With ``--redis URL`` the group has a shared task pool (``--pool-name``,
+``--claim-timeout``, ``--lookahead``): fills no node has room for go to the pool
+(``placed`` counts them under ``"pool"``), and the bucket takes tasks from it.
+``--rescue-to-pool`` makes the pool the bucket's rescue sink,
+``--signals`` installs the SIGTERM/SIGINT rescue,
+``--work S`` makes each ``on_execute`` take S seconds, and ``--report-ends`` prints
+``{"event": "started", "id", "at"}`` when an ``on_execute`` starts and
+``{"event": "ended", "id", "outcome", "at", "due"}`` when a task's end hook runs (``at``
+and the task data's ``due`` are wall-clock times). A fill command's ``"run_after": 0``
+fills immediate tasks. ``{"cmd": "ends"}`` -> ``{"event": "ends", "count": <ends>,
+"first": <wall time>, "last": <wall time>, "lateness": [<seconds>, ...]}`` (lateness of
+each ``on_execute`` start after the ``due`` in its data, when it has one).
+
 Lines that are not JSON, and unknown commands, are ignored. ``--deadline S`` makes the
 process exit by itself after S seconds whatever happens (a benchmark's safety net);
 ``--exit-fast`` skips closing the bucket at the end (pending time bombs need no rescue).
@@ -40,9 +53,19 @@ import logging
 import os
 import sys
 import threading
+import time
 from typing import Any
 
-from gobucket import BucketConfig, Executor, TaskBucket, TaskBucketGroup, TaskType
+from gobucket import (
+    BucketConfig,
+    Executor,
+    RedisTaskPool,
+    TaskBucket,
+    TaskBucketGroup,
+    TaskContext,
+    TaskType,
+    install_signal_handlers,
+)
 from gobucket.discovery.mdns import MdnsDiscovery
 
 __all__ = ["main", "parse_args", "peer_rows"]
@@ -77,6 +100,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--deadline", type=float, default=None, help="exit after this long")
     parser.add_argument("--exit-fast", action="store_true", help="do not close the bucket")
     parser.add_argument("--log-level", default=None, help="configure logging to stderr")
+    parser.add_argument("--redis", default=None, help="a shared task pool on this Redis URL")
+    parser.add_argument("--pool-name", default="gobucket")
+    parser.add_argument("--claim-timeout", type=float, default=30.0)
+    parser.add_argument("--lookahead", type=float, default=1.0)
+    parser.add_argument("--rescue-to-pool", action="store_true")
+    parser.add_argument("--signals", action="store_true", help="install the SIGTERM rescue")
+    parser.add_argument("--work", type=float, default=0.0, help="seconds each on_execute takes")
+    parser.add_argument("--report-ends", action="store_true")
     args = parser.parse_args(argv)
     if args.secret_env is not None:
         args.secret = os.environ[args.secret_env]
@@ -97,6 +128,62 @@ def peer_rows(group: TaskBucketGroup) -> list[dict[str, Any]]:
     ]
 
 
+class _Reporter(Executor):
+    """Counts ends, measures time-bomb lateness, optionally prints every start and end."""
+
+    def __init__(self, work: float, report: bool) -> None:
+        self.work = work
+        self.report = report
+        self.lock = threading.Lock()
+        self.count = 0
+        self.first: float | None = None
+        self.last: float | None = None
+        self.lateness: list[float] = []
+
+    def on_execute(self, ctx: TaskContext, id: str, data: Any) -> None:
+        now = time.time()
+        if isinstance(data, dict) and isinstance(data.get("due"), float):
+            with self.lock:
+                self.lateness.append(now - data["due"])
+        if self.report:
+            _emit({"event": "started", "id": id, "at": now})
+        if self.work > 0:
+            ctx.wait_cancelled(self.work)
+
+    def _end(self, id: str, data: Any, outcome: str) -> None:
+        now = time.time()
+        with self.lock:
+            self.count += 1
+            self.first = now if self.first is None else self.first
+            self.last = now
+        if self.report:
+            due = data.get("due") if isinstance(data, dict) else None
+            _emit({"event": "ended", "id": id, "outcome": outcome, "at": now, "due": due})
+
+    def on_finish(self, ctx: TaskContext, id: str, data: Any) -> None:
+        self._end(id, data, "finished")
+
+    def on_task_exhausted(self, ctx: TaskContext, id: str, data: Any) -> None:
+        self._end(id, data, "exhausted")
+
+    def on_execute_error(self, ctx: TaskContext, id: str, data: Any, error: BaseException) -> None:
+        self._end(id, data, "execute_error")
+
+    def on_panic(self, ctx: TaskContext, id: str, data: Any) -> None:
+        if self.report:
+            _emit({"event": "panicked", "id": id, "at": time.time()})
+
+    def ends(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "event": "ends",
+                "count": self.count,
+                "first": self.first,
+                "last": self.last,
+                "lateness": list(self.lateness),
+            }
+
+
 class _Node:
     """The bucket, its group, and the answers to commands."""
 
@@ -107,7 +194,23 @@ class _Node:
         config = BucketConfig(
             life_span=args.life_span, max_bucket=args.max, run_after=args.run_after, name=self.name
         )
-        self.bucket = TaskBucket(config, Executor())
+        self.executor = _Reporter(args.work, args.report_ends)
+        self.pool = (
+            None
+            if args.redis is None
+            else RedisTaskPool(
+                args.redis,
+                name=args.pool_name,
+                claim_timeout=args.claim_timeout,
+                lookahead=args.lookahead,
+                poll_interval=0.05,
+            )
+        )
+        self.bucket = TaskBucket(
+            config,
+            self.executor,
+            rescue_sink=self.pool if args.rescue_to_pool else None,
+        )
         discovery = not args.no_discovery
         self.group = TaskBucketGroup(
             {self.name: self.bucket},
@@ -121,6 +224,7 @@ class _Node:
             discovery=discovery,
             interfaces=[args.host] if discovery else None,
             insecure=args.insecure,
+            pool=self.pool,
         )
         self.group.on_peer_schedule_failed = self._failed
 
@@ -136,11 +240,17 @@ class _Node:
         raised: list[str] = []
         futures = []
         run_after = float(command.get("run_after", 60))
+        kind = TaskType.TIME_BOMB if run_after > 0 else TaskType.IMMEDIATE
         for i in range(int(command.get("n", 1))):
             task_id = f"{command.get('prefix', 't')}{i}"
+            data = {"i": i, "due": time.time() + run_after}
             try:
                 future = self.group.fill_async(
-                    self.name, task_id, {"i": i}, task_type=TaskType.TIME_BOMB, run_after=run_after
+                    self.name,
+                    task_id,
+                    data,
+                    task_type=kind,
+                    run_after=run_after if run_after > 0 else None,
                 )
             except Exception as error:
                 raised.append(f"{task_id}: {error!r}")
@@ -152,7 +262,7 @@ class _Node:
             except Exception as error:
                 raised.append(f"{task_id}: {error!r}")
             else:
-                key = "local" if where.local else where.node
+                key = "local" if where.local else "pool" if where.pool else where.node
                 placed[key] = placed.get(key, 0) + 1
         with self.lock:
             reported = list(self.failures)
@@ -185,6 +295,8 @@ class _Node:
                 _emit(self.fill(command))
             elif cmd == "count":
                 _emit({"event": "count", "alive": len(self.bucket)})
+            elif cmd == "ends":
+                _emit(self.executor.ends())
             elif cmd == "discovery":
                 _emit(self.discovery())
             elif cmd == "stop":
@@ -202,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.log_level is not None:
         logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
     node = _Node(args)
+    if args.signals:
+        install_signal_handlers(node.bucket)
     node.group.start()
     _emit({"event": "ready", "node": node.group.node_id, "address": list(node.group.address)})
     try:

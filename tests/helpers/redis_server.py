@@ -60,25 +60,33 @@ def _wait_for_ping(proc: subprocess.Popen[bytes], url: str) -> bool:
     raise RuntimeError(f"redis-server did not answer PING within {START_TIMEOUT}s")
 
 
-def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """Start a redis-server on a free loopback port; return the process and its URL."""
+def start_redis(
+    workdir: Path, *, appendonly: bool = False, port: int | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a redis-server on a free loopback port; return the process and its URL.
+
+    ``appendonly`` turns AOF persistence on (``appendfsync always``) in ``workdir``, so
+    a server SIGKILLed and started again on the same ``workdir`` (and ``port``) keeps
+    every write it acknowledged.
+    """
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
     pytest.importorskip("redis", reason="the redis client (pip install redis) is not installed")
     log = workdir / "redis.log"
+    persistence = ["--appendonly", "yes", "--appendfsync", "always"] if appendonly else []
+    persistence = persistence or ["--appendonly", "no"]
     for _ in range(ATTEMPTS):
-        port = _free_port()
-        with open(log, "wb") as out:  # a file, not a pipe: a full pipe would block the server
+        listen = port if port is not None else _free_port()
+        with open(log, "ab") as out:  # a file, not a pipe: a full pipe would block the server
             proc = subprocess.Popen(
                 [
                     binary,
                     "--save",
                     "",
-                    "--appendonly",
-                    "no",
+                    *persistence,
                     "--port",
-                    str(port),
+                    str(listen),
                     "--bind",
                     "127.0.0.1",
                     "--dir",
@@ -87,7 +95,7 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        url = f"redis://127.0.0.1:{port}/0"
+        url = f"redis://127.0.0.1:{listen}/0"
         try:
             if _wait_for_ping(proc, url):
                 return proc, url
