@@ -422,15 +422,19 @@ class TaskBucket:
     def stats(self) -> BucketStats:
         """A snapshot of the bucket's counters (alive, finished, drained, running, ...)."""
         stats: BucketStats = self._ask(m.GetStats())
+        return self._with_pool(stats)
+
+    def _with_pool(self, stats: BucketStats) -> BucketStats:
+        """``stats`` with the pool's depth for this bucket (as last read, about each second)."""
         cached = None if self._puller is None else self._puller.cached
-        if cached is not None:
-            stats = dataclasses.replace(
-                stats,
-                pool_ready=cached.ready,
-                pool_delayed=cached.delayed,
-                pool_claimed=cached.claimed,
-            )
-        return stats
+        if cached is None:
+            return stats
+        return dataclasses.replace(
+            stats,
+            pool_ready=cached.ready,
+            pool_delayed=cached.delayed,
+            pool_claimed=cached.claimed,
+        )
 
     def status(self, id: str) -> TaskStatus | None:
         """A snapshot of the live task ``id``, or None when no live task has that id.

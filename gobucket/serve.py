@@ -70,6 +70,10 @@ class ServedBucket(Protocol):
         """How many tasks are alive, read without asking the bucket's actor."""
         ...
 
+    def _with_pool(self, stats: BucketStats) -> BucketStats:
+        """``stats`` with the depth of the bucket's shared pool, if it has one."""
+        ...
+
     def _make_fill(
         self,
         task_type: TaskType,
@@ -184,7 +188,7 @@ class BucketServer:
 
             def got(result: Any, error: BaseException | None, name: str = name) -> None:
                 if error is None and isinstance(result, BucketStats):
-                    stats[name] = result
+                    stats[name] = self._buckets[name]._with_pool(result)
                 else:
                     stats[name] = _closed_stats(name, self._buckets[name])
                 one_done()

@@ -46,6 +46,7 @@ BUCKET_COLUMNS = (
     "handed off",
     "ends/s 10s",
     "ends/s 60s",
+    "pool r/d/c",
 )
 """The columns of the buckets table (see ``docs/operations.md``)."""
 
@@ -92,7 +93,15 @@ def bucket_cells(stats: BucketStats) -> list[str]:
         str(stats.handed_off),
         f"{stats.end_rate_10s:.1f}",
         f"{stats.end_rate_60s:.1f}",
+        _pool_cell(stats),
     ]
+
+
+def _pool_cell(stats: BucketStats) -> str:
+    """A shared pool's depth for the bucket: ready/delayed/claimed, or "-" when empty."""
+    if not (stats.pool_ready or stats.pool_delayed or stats.pool_claimed):
+        return "-"
+    return f"{stats.pool_ready}/{stats.pool_delayed}/{stats.pool_claimed}"
 
 
 def buckets_table(status: NodeStatus, title: str | None = "buckets") -> Table:
@@ -175,6 +184,11 @@ def status_json(status: NodeStatus) -> dict[str, Any]:
                 "crashed": b.crashed,
                 "end_rate_10s": b.end_rate_10s,
                 "end_rate_60s": b.end_rate_60s,
+                "pool": {
+                    "ready": b.pool_ready,
+                    "delayed": b.pool_delayed,
+                    "claimed": b.pool_claimed,
+                },
             }
             for b in status.buckets
         ],

@@ -253,6 +253,8 @@ _ENDS = {
 
 _BUCKET_COUNTS = ("alive", "filled", "running", "queued", "overrunning")
 _REFUSALS = {"refused_full": "full", "refused_duplicate": "duplicate"}
+_POOL = ("ready", "delayed", "claimed")
+"""A shared pool's depth for a bucket (``BucketStats.pool_<key>``), sent only when not 0."""
 
 
 def status_reply(
@@ -289,6 +291,8 @@ def _bucket_out(stats: BucketStats) -> dict[str, Any]:
     out["closed"] = stats.closed
     out["rate_10s"] = float(stats.end_rate_10s)
     out["rate_60s"] = float(stats.end_rate_60s)
+    if stats.pool_ready or stats.pool_delayed or stats.pool_claimed:
+        out["pool"] = {key: getattr(stats, f"pool_{key}") for key in _POOL}
     return out
 
 
@@ -481,6 +485,9 @@ def _bucket_in(raw: Any) -> BucketStats:
     closed = raw.get("closed", False)
     if not isinstance(closed, bool):
         raise _bad(f"closed of {name!r}")
+    pool = _map(raw.get("pool", {}), f"the pool of {name!r}")
+    for key in _POOL:
+        fields[f"pool_{key}"] = _count(pool.get(key, 0), f"pool {key} of {name!r}")
     return BucketStats(
         name=name,
         max_bucket=_count(raw.get("max"), f"max of {name!r}"),

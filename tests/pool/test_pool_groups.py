@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 from helpers.pool_nodes import BUCKET, EndLog, LoggingExecutor, make_pool
+from helpers.waiting import wait_until
 
 from gobucket import (
     AsyncTaskBucketGroup,
@@ -17,7 +18,11 @@ from gobucket import (
     TaskBucket,
     TaskBucketGroup,
     TaskType,
+    fetch_status,
 )
+
+SECRET = "pool-status-secret"
+LATER = {"run_after": 60, "life_span": 90}
 
 
 def _group(pool: RedisTaskPool, log: EndLog, node: str, max_bucket: int) -> TaskBucketGroup:
@@ -96,4 +101,31 @@ def test_an_async_group_spills_to_the_pool(redis_url: str) -> None:
         assert pool.stats(BUCKET).pending >= 1 or "spilled" in log.per_id()
     finally:
         bucket.close(grace=0)
+        pool.close()
+
+
+def test_a_nodes_status_shows_its_pool_depth(redis_url: str) -> None:
+    # STATUS (gobucket status/top) carries each bucket's pool depth: ready/delayed/claimed.
+    log = EndLog()
+    pool = make_pool(redis_url)
+    bucket = TaskBucket(BucketConfig(max_bucket=1, name=BUCKET), LoggingExecutor(log, "depth"))
+    group = TaskBucketGroup(
+        {BUCKET: bucket}, port=0, host="127.0.0.1", discovery=False, secret=SECRET, pool=pool
+    )
+    try:
+        group.start()
+        for i in range(4):  # one stays local, three wait in the pool (due in 60 s)
+            group.fill(BUCKET, f"later{i}", task_type=TaskType.TIME_BOMB, **LATER)
+        host, port = group.address
+
+        def delayed_in_status() -> int:
+            stats = fetch_status(f"{host}:{port}", secret=SECRET).bucket(BUCKET)
+            assert stats is not None
+            return stats.pool_delayed
+
+        assert wait_until(lambda: delayed_in_status() == 3, what="3 delayed in STATUS")
+        assert group.get_bucket(BUCKET).stats().pool_delayed == 3
+    finally:
+        group.stop(handoff=False)
+        group.get_bucket(BUCKET).close(grace=0)
         pool.close()
