@@ -154,11 +154,8 @@ def measure(quick: bool) -> dict[str, Any]:
             discovery=False,
         ).start()
         try:
-            deadline = time.monotonic() + 10.0
-            while not any(p.up and p.free(BUCKET) for p in group.peers()):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the child node never came up; {child.tail()}")
-                time.sleep(0.01)
+            if not group.wait_for_peers(bucket=BUCKET, timeout=20.0):
+                raise RuntimeError(f"the child node never came up; {child.tail()}")
             out["child_start_count"] = child.count()
 
             # warm-up: the connection, the actors, the code paths

@@ -172,11 +172,8 @@ def one_round(url: str, quick: bool, number: int) -> dict[str, Any]:
             discovery=False,
         ).start()
         try:
-            deadline = time.monotonic() + 20.0
-            while not any(p.up and p.free(BUCKET) for p in group.peers()):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the child never came up as a peer: {child.tail()}")
-                time.sleep(0.01)
+            if not group.wait_for_peers(bucket=BUCKET, timeout=20.0):
+                raise RuntimeError(f"the child never came up as a peer: {child.tail()}")
             base = ends(child)["count"]
             t0 = time.time()
             futures = [group.fill_async(BUCKET, f"c{i}", {"i": i}) for i in range(n_lan)]

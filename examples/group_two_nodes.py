@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 from gobucket import (
@@ -43,16 +42,6 @@ class Say(Executor):
 
     def on_execute(self, ctx: TaskContext, id: str, data: Any) -> None:
         say(f"  node {self.node} ran {id} (data {data})")
-
-
-def wait_until_peer_reports(group: TaskBucketGroup, bucket: str, timeout: float = 5.0) -> None:
-    """Wait until ``group`` is connected to a peer and has its load for ``bucket``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(p.up and p.free(bucket) is not None for p in group.peers()):
-            return
-        time.sleep(0.02)
-    raise SystemExit("node A could not reach node B")
 
 
 def main() -> None:
@@ -85,7 +74,8 @@ def main() -> None:
     node_a.start()
     try:
         say(f"node B listens on {b_host}:{b_port}; node A on {node_a.address[1]}")
-        wait_until_peer_reports(node_a, "jobs")
+        if not node_a.wait_for_peers(bucket="jobs", timeout=30):
+            raise SystemExit("node A could not reach node B")
         for peer in node_a.peers():
             say(f"A sees peer {peer.node} at {peer.address}: up={peer.up} loads={peer.loads}")
 

@@ -14,7 +14,6 @@ its buckets' counts and every peer it knows. From a shell, with the node running
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from gobucket import (
@@ -27,16 +26,6 @@ from gobucket import (
 )
 
 SECRET = "example-cluster-secret"  # in real use: --secret-file PATH or GOBUCKET_SECRET
-
-
-def wait_until_peer_reports(group: TaskBucketGroup, bucket: str, timeout: float = 30.0) -> None:
-    """Wait until ``group`` is connected to a peer and has its load for ``bucket``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(p.up and p.free(bucket) is not None for p in group.peers()):
-            return
-        time.sleep(0.02)
-    raise SystemExit("node A could not reach node B")
 
 
 def main() -> None:
@@ -58,7 +47,8 @@ def main() -> None:
         discovery=False,
     ).start()
     try:
-        wait_until_peer_reports(node_a, "jobs")
+        if not node_a.wait_for_peers(bucket="jobs", timeout=30):
+            raise SystemExit("node A could not reach node B")
         for i in range(6):  # 3 stay on A, 3 go to B
             placement = node_a.fill("jobs", f"report-{i}", {"n": i}, task_type=TaskType.TIME_BOMB)
             print(f"report-{i} -> node {placement.node}")

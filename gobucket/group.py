@@ -18,11 +18,11 @@ from gobucket.actors import messages as m
 from gobucket.actors._future import LatchFuture, done_future
 from gobucket.actors.actor import call, queue_then
 from gobucket.actors.group import GroupActor, RouteCounts, ScheduleFailed
-from gobucket.actors.messages import Discovered, GetPeers, RouteFill, StopGroup
+from gobucket.actors.messages import AwaitPeers, Discovered, GetPeers, RouteFill, StopGroup
 from gobucket.actors.runtime import ActorRuntime, default_runtime
 from gobucket.actors.supervisor import Supervised
 from gobucket.bucket import TaskBucket
-from gobucket.config import Duration, FillFields, TaskType
+from gobucket.config import Duration, FillFields, TaskType, to_seconds
 from gobucket.discovery.base import PeerEvent, PeerSource, PeerUp
 from gobucket.discovery.mdns import MdnsDiscovery
 from gobucket.discovery.static import StaticDiscovery
@@ -732,6 +732,45 @@ class TaskBucketGroup:
                 f"task buffer exceeded: bucket {bucket!r} {why} and the group is stopped"
             )
         return RouteFill(bucket, message.task_id, wire)
+
+    def wait_for_peers(
+        self,
+        count: int = 1,
+        *,
+        bucket: str | None = None,
+        timeout: Duration | None = None,
+    ) -> bool:
+        """Wait until ``count`` peers are connected; True, or False on ``timeout`` or stop.
+
+        With ``bucket``, a peer counts once it has also reported its load for
+        that bucket (so that overflow can be routed to it). Waits on the group's
+        actor, which answers as peers come up: nothing polls.
+
+        Raises:
+            GoBucketError: the group was not started.
+            InvalidArgumentError: a bad ``count``, ``bucket`` or ``timeout``.
+        """
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise InvalidArgumentError(f"count must be an int >= 0, got {count!r}")
+        if bucket is not None and not isinstance(bucket, str):
+            raise InvalidArgumentError(f"bucket must be a str or None, got {bucket!r}")
+        limit = None if timeout is None else to_seconds(timeout, "timeout")
+        if self._group is None:
+            raise GoBucketError("start() the group before waiting for its peers")
+        deadline = None if limit is None else time.monotonic() + limit
+        while True:
+            ref = self._group.ref
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                ready = bool(self._group.ask_later(AwaitPeers(count, bucket)).get(timeout=left))
+            except pykka.Timeout:
+                return False
+            except pykka.ActorDeadError:
+                ready = False
+            if ready:
+                return True
+            if self._group.ref is ref or self._group.failure is not None:
+                return False  # stopped (a restarted actor is asked again)
 
     def peers(self) -> list[PeerInfo]:
         """What this node knows of each peer: address, node id, loads, up/down, source."""

@@ -26,6 +26,7 @@ import pykka
 from gobucket._threads import tell_quietly
 from gobucket.actors.actor import RuntimeActor
 from gobucket.actors.messages import (
+    AwaitPeers,
     ChildFailed,
     Discovered,
     DiscoveredCheck,
@@ -184,6 +185,7 @@ class GroupActor(RuntimeActor):
             tuple[tuple[str, int], str | None], tuple[float, float]
         ] = collections.OrderedDict()
         self._table_full_warned = 0.0
+        self._peer_waiters: list[tuple[AwaitPeers, pykka.Future[Any]]] = []
 
     def on_failure(
         self,
@@ -192,6 +194,7 @@ class GroupActor(RuntimeActor):
         traceback: TracebackType | None,
     ) -> None:
         """Fail the routes in flight, drop our links, and tell the root supervisor."""
+        self._wake_peer_waiters(False)
         routes, self.routes = self.routes, {}
         for route in routes.values():
             error = PeerLostTaskError(
@@ -228,6 +231,8 @@ class GroupActor(RuntimeActor):
             return None
         if kind is GetPeers:
             return [self._info(p) for p in self.peers.values()]
+        if kind is AwaitPeers:
+            return self._await_peers(message)
         if kind is StopGroup:
             self._stop_all()
             return None
@@ -468,6 +473,11 @@ class GroupActor(RuntimeActor):
         logger.info("peer %s:%s dropped: %s", peer.address[0], peer.address[1], why)
 
     def _on_peer_changed(self, msg: PeerChanged) -> None:
+        self._peer_changed(msg)
+        if self._peer_waiters and msg.kind in ("up", "load"):
+            self._wake_peer_waiters()
+
+    def _peer_changed(self, msg: PeerChanged) -> None:
         peer = self.peers.get(msg.address)
         if peer is None:
             return
@@ -549,8 +559,39 @@ class GroupActor(RuntimeActor):
             None if peer.up else peer.reason,
         )
 
+    # waiting for peers -------------------------------------------------------------------
+    def _peers_ready(self, want: AwaitPeers) -> bool:
+        ready = sum(
+            1
+            for p in self.peers.values()
+            if p.up and (want.bucket is None or want.bucket in p.loads)
+        )
+        return ready >= want.count
+
+    def _await_peers(self, want: AwaitPeers) -> bool | None:
+        if self._peers_ready(want):
+            return True
+        if self._stopped:
+            return False
+        reply = self.defer_reply()
+        assert reply is not None, "AwaitPeers must be asked"
+        self._peer_waiters.append((want, reply))
+        return None
+
+    def _wake_peer_waiters(self, answer: bool | None = None) -> None:
+        """Answer the waiters whose peers are ready (all of them with ``answer``, if given)."""
+        waiting = []
+        for want, reply in self._peer_waiters:
+            done = answer if answer is not None else (True if self._peers_ready(want) else None)
+            if done is None:
+                waiting.append((want, reply))
+            else:
+                reply.set(done)
+        self._peer_waiters = waiting
+
     def _stop_all(self) -> None:
         self._stopped = True
+        self._wake_peer_waiters(False)
         for peer in self.peers.values():
             peer.ref.stop()
 

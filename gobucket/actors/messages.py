@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Answer",
     "AwaitEmpty",
+    "AwaitPeers",
     "ChildFailed",
     "CloseBucket",
     "Contains",
@@ -301,6 +302,17 @@ class DiscoveredCheck:
 
     address: tuple[str, int]
     due: float
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitPeers(MayDefer):
+    """Answer True once ``count`` peers are up (that reported ``bucket``'s load, if given).
+
+    Answered False if the group stops first.
+    """
+
+    count: int
+    bucket: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

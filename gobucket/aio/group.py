@@ -199,6 +199,14 @@ class AsyncTaskBucketGroup:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, self._sync._spill, bucket, fill, error)
 
+    async def wait_for_peers(
+        self, count: int = 1, *, bucket: str | None = None, timeout: Duration | None = None
+    ) -> bool:
+        """As :meth:`TaskBucketGroup.wait_for_peers`, without blocking the loop (in a thread)."""
+        return await asyncio.to_thread(
+            self._sync.wait_for_peers, count, bucket=bucket, timeout=timeout
+        )
+
     def peers(self) -> list[PeerInfo]:
         """What this node knows of each peer (a short read of the group's actor)."""
         return self._sync.peers()

@@ -606,3 +606,38 @@ def test_bytes_secret_works_like_str_secret(cluster: Cluster) -> None:
     a = cluster.group(a_bucket, secret="cluster-key", peers=[b.address])
     wait_peer_up(a, b.address)
     assert a.fill(BUCKET, "bytes", None, **HOLD, timeout=WAIT).node == b.node_id
+
+
+# --- waiting for peers ----------------------------------------------------------------------
+
+
+def test_wait_for_peers_returns_once_a_peer_reported_the_bucket(cluster: Cluster) -> None:
+    b = cluster.group(cluster.bucket())
+    # a's peer b comes up while a waits: the GroupActor answers as it learns of it
+    a = cluster.group(cluster.bucket(max_bucket=1), peers=[b.address])
+    assert a.wait_for_peers(bucket=BUCKET, timeout=WAIT)
+    info = peer_info(a, b.address)
+    assert info is not None and info.up and info.free(BUCKET) is not None
+    assert a.wait_for_peers(0, timeout=0)  # nothing to wait for
+
+
+def test_wait_for_peers_gives_up_after_its_timeout_and_on_stop(cluster: Cluster) -> None:
+    lonely = cluster.group(cluster.bucket(), peers=[addr_text(("127.0.0.1", free_port()))])
+    assert lonely.wait_for_peers(timeout=0.2) is False
+    answers: list[bool] = []
+    waiter = threading.Thread(target=lambda: answers.append(lonely.wait_for_peers(timeout=WAIT)))
+    waiter.start()
+    wait_until(lambda: waiter.is_alive(), what="the waiter is waiting")
+    lonely.stop()
+    waiter.join(WAIT)
+    assert not waiter.is_alive() and answers == [False]
+
+
+def test_wait_for_peers_refuses_bad_arguments_and_an_unstarted_group(cluster: Cluster) -> None:
+    group = cluster.group(cluster.bucket(), start=False)
+    with pytest.raises(GoBucketError, match="start"):
+        group.wait_for_peers(timeout=0)
+    started = cluster.group(cluster.bucket(name="other"))
+    for bad in ({"count": -1}, {"count": 1.5}, {"count": True}, {"bucket": 3}, {"timeout": -1}):
+        with pytest.raises(InvalidArgumentError):
+            started.wait_for_peers(**bad)
