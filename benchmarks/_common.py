@@ -5,6 +5,7 @@
   (the one child-node program of the tests, the examples and the benchmarks).
 * :func:`write_results`: the JSON file under ``benchmarks/results/`` with the run's context.
 * :func:`make_table` and :func:`wide_console`: the rich table every script prints.
+* :func:`overflow_group`: a started group whose only bucket is full, overflowing to one peer.
 """
 
 from __future__ import annotations
@@ -176,6 +177,34 @@ class NodeProcess:
             with contextlib.suppress(OSError, ValueError):
                 if stream is not None:
                     stream.close()
+
+
+# --------------------------------------------------------------------------- overflow
+def overflow_group(bucket: str, peer_port: int, secret: str, describe: Callable[[], str]) -> Any:
+    """A started TaskBucketGroup whose ``bucket`` is full, with the peer on ``peer_port`` up.
+
+    Every fill overflows to that peer. ``describe()`` says what went wrong (the
+    child's last lines) if the peer never reports its load.
+    """
+    from gobucket import BucketConfig, Executor, TaskBucket, TaskBucketGroup, TaskType
+
+    config = BucketConfig(max_bucket=1, name=bucket, life_span=7200, run_after=3600)
+    full = TaskBucket(config, Executor())
+    full.fill(TaskType.TIME_BOMB, "blocker")  # the local bucket is full from now on
+    group = TaskBucketGroup(
+        {bucket: full},
+        peers=[f"127.0.0.1:{peer_port}"],
+        port=0,
+        host="127.0.0.1",
+        secret=secret,
+        node_id="parent",
+        discovery=False,
+    ).start()
+    if not group.wait_for_peers(bucket=bucket, timeout=20.0):
+        group.stop()
+        full.close(grace=0)
+        raise RuntimeError(f"the child node never came up as a peer; {describe()}")
+    return group
 
 
 # --------------------------------------------------------------------------- results

@@ -36,7 +36,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS_DIR, NodeProcess, make_table, percentile, wide_console, write_results
+from _common import (
+    RESULTS_DIR,
+    NodeProcess,
+    make_table,
+    overflow_group,
+    percentile,
+    wide_console,
+    write_results,
+)
 
 RESULTS = RESULTS_DIR / "bench_group.json"
 SECRET_ENV = "GOBUCKET_BENCH_SECRET"
@@ -131,7 +139,7 @@ def cpu_per_fill(before: float | None, after: float | None, n: int) -> float | N
 
 
 def measure(quick: bool) -> dict[str, Any]:
-    from gobucket import BucketConfig, Executor, TaskBucket, TaskBucketGroup, TaskType
+    from gobucket import BucketConfig, Executor, TaskBucket, TaskType
 
     pick = 1 if quick else 0
     n_pipe, paced_s, n_local = N_PIPELINED[pick], PACED_SECONDS[pick], N_LOCAL_RATE[pick]
@@ -142,20 +150,8 @@ def measure(quick: bool) -> dict[str, Any]:
 
     child = start_child(secret)
     try:
-        full = TaskBucket(BucketConfig(max_bucket=1, name=BUCKET, **PENDING), Executor())
-        full.fill(bomb, "blocker")  # the local bucket is full from now on
-        group = TaskBucketGroup(
-            {BUCKET: full},
-            peers=[f"127.0.0.1:{child_port(child)}"],
-            port=0,
-            host="127.0.0.1",
-            secret=secret,
-            node_id="parent",
-            discovery=False,
-        ).start()
+        group = overflow_group(BUCKET, child_port(child), secret, child.tail)
         try:
-            if not group.wait_for_peers(bucket=BUCKET, timeout=20.0):
-                raise RuntimeError(f"the child node never came up; {child.tail()}")
             out["child_start_count"] = child.count()
 
             # warm-up: the connection, the actors, the code paths
@@ -212,6 +208,7 @@ def measure(quick: bool) -> dict[str, Any]:
             out["sync"] = sync
         finally:
             group.stop()
+            group.get_bucket(BUCKET).close(grace=0)
     finally:
         child.stop()
         shutil.rmtree(child.log.parent, ignore_errors=True)

@@ -41,7 +41,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS_DIR, NodeProcess, make_table, percentile, wide_console, write_results
+from _common import (
+    RESULTS_DIR,
+    NodeProcess,
+    make_table,
+    overflow_group,
+    percentile,
+    wide_console,
+    write_results,
+)
 
 RESULTS = RESULTS_DIR / "bench_pool.json"
 SECRET_ENV = "GOBUCKET_BENCH_SECRET"
@@ -105,7 +113,7 @@ def wait_ends(child: NodeProcess, count: int, timeout: float = 120.0) -> dict[st
 
 
 def one_round(url: str, quick: bool, number: int) -> dict[str, Any]:
-    from gobucket import BucketConfig, Executor, TaskBucket, TaskBucketGroup, TaskType
+    from gobucket import BucketConfig, Executor, TaskBucket, TaskType
     from gobucket.pool import RedisTaskPool
     from gobucket.pool._record import PoolTask
 
@@ -158,22 +166,9 @@ def one_round(url: str, quick: bool, number: int) -> dict[str, Any]:
         }
         # (c) direct LAN overflow to the same child, as a peer
         n_lan = N_LAN[pick]
-        config = BucketConfig(max_bucket=1, name=BUCKET, life_span=7200, run_after=3600)
-        full = TaskBucket(config, Executor())
-        full.fill(TaskType.TIME_BOMB, "blocker")
         assert child.address is not None
-        group = TaskBucketGroup(
-            {BUCKET: full},
-            peers=[f"127.0.0.1:{child.address[1]}"],
-            port=0,
-            host="127.0.0.1",
-            secret=secret,
-            node_id="parent",
-            discovery=False,
-        ).start()
+        group = overflow_group(BUCKET, child.address[1], secret, child.tail)
         try:
-            if not group.wait_for_peers(bucket=BUCKET, timeout=20.0):
-                raise RuntimeError(f"the child never came up as a peer: {child.tail()}")
             base = ends(child)["count"]
             t0 = time.time()
             futures = [group.fill_async(BUCKET, f"c{i}", {"i": i}) for i in range(n_lan)]
@@ -187,7 +182,7 @@ def one_round(url: str, quick: bool, number: int) -> dict[str, Any]:
             }
         finally:
             group.stop()
-            full.close(grace=0)
+            group.get_bucket(BUCKET).close(grace=0)
         # (d) one spill at a time through a full bucket with the pool
         n_single = N_SINGLE[pick]
         single = TaskBucket(

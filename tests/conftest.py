@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from helpers.child_node import ChildNode
 from helpers.cluster import Cluster, close_all
 from helpers.recording import Recorder
 from helpers.redis_server import start_redis, stop_redis
@@ -52,3 +53,20 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
     finally:
         stop_redis(proc)
+
+
+@pytest.fixture
+def spawn_node() -> Iterator[Callable[..., ChildNode]]:
+    """Start ``python -m gobucket.testing.node`` children; all are closed after the test."""
+    children: list[ChildNode] = []
+
+    def start(*args: str) -> ChildNode:
+        child = ChildNode(*args)
+        children.append(child)
+        return child
+
+    try:
+        yield start
+    finally:
+        for child in children:
+            child.close()

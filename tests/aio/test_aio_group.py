@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -35,22 +35,6 @@ pytestmark = pytest.mark.slow
 PING = 0.2
 STALL_BOUND = 0.010
 """The longest the caller's loop may go without running a ready callback (the issue's bound)."""
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., ChildNode]]:
-    children: list[ChildNode] = []
-
-    def start(*args: str) -> ChildNode:
-        child = ChildNode(*args)
-        children.append(child)
-        return child
-
-    try:
-        yield start
-    finally:
-        for child in children:
-            child.close()
 
 
 def local_bucket(max_bucket: int) -> AsyncTaskBucket:
@@ -83,9 +67,9 @@ async def peer_ready(group: AsyncTaskBucketGroup, child: ChildNode, free: int) -
 
 
 def test_awaited_fills_are_placed_here_then_on_a_peer_process(
-    spawn: Callable[..., ChildNode],
+    spawn_node: Callable[..., ChildNode],
 ) -> None:
-    child = spawn("--max", "3", "--ping", str(PING))
+    child = spawn_node("--max", "3", "--ping", str(PING))
 
     async def scenario() -> None:
         async with local_bucket(1) as bucket, group_of(bucket, child) as group:
@@ -110,7 +94,7 @@ def test_awaited_fills_are_placed_here_then_on_a_peer_process(
 
 
 def test_the_loop_never_stalls_while_1000_fills_wait_for_a_frozen_peer(
-    spawn: Callable[..., ChildNode],
+    spawn_node: Callable[..., ChildNode],
 ) -> None:
     """1,000 awaited overflow fills go to a peer frozen by SIGSTOP; a ticker measures the loop.
 
@@ -128,7 +112,7 @@ def test_the_loop_never_stalls_while_1000_fills_wait_for_a_frozen_peer(
     not pause the process mid-measure. A host this loaded has stalls of several ms with no
     gobucket at all, so the best of up to 3 rounds counts.
     """
-    child = spawn("--max", "5000", "--ping", str(PING))
+    child = spawn_node("--max", "5000", "--ping", str(PING))
     total = 1000
     rounds: list[dict[str, Any]] = []
 
@@ -201,7 +185,7 @@ def test_the_loop_never_stalls_while_1000_fills_wait_for_a_frozen_peer(
 
 
 def test_tasks_a_peer_sends_run_their_async_hooks_on_the_loop_of_our_bucket(
-    spawn: Callable[..., ChildNode],
+    spawn_node: Callable[..., ChildNode],
 ) -> None:
     class OnOurLoop(NullExecutor):
         def __init__(self) -> None:
@@ -226,7 +210,7 @@ def test_tasks_a_peer_sends_run_their_async_hooks_on_the_loop_of_our_bucket(
         ):
             ours = addr_text(group.address)
             child = await asyncio.to_thread(
-                spawn, "--max", "1", "--ping", str(PING), "--peer", ours
+                spawn_node, "--max", "1", "--ping", str(PING), "--peer", ours
             )
 
             def overflow() -> dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pykka
@@ -36,22 +36,6 @@ pytestmark = pytest.mark.slow
 PING = 0.2
 
 
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., ChildNode]]:
-    children: list[ChildNode] = []
-
-    def start(*args: str) -> ChildNode:
-        child = ChildNode(*args)
-        children.append(child)
-        return child
-
-    try:
-        yield start
-    finally:
-        for child in children:
-            child.close()
-
-
 def full_local_node(cluster: Cluster, peer: ChildNode, **kwargs: Any) -> TaskBucketGroup:
     bucket = cluster.bucket(max_bucket=1)
     hold(bucket, 1)
@@ -61,9 +45,9 @@ def full_local_node(cluster: Cluster, peer: ChildNode, **kwargs: Any) -> TaskBuc
 
 
 def test_overflow_reaches_a_node_in_another_process(
-    cluster: Cluster, spawn: Callable[..., ChildNode]
+    cluster: Cluster, spawn_node: Callable[..., ChildNode]
 ) -> None:
-    child = spawn("--max", "5", "--ping", str(PING))
+    child = spawn_node("--max", "5", "--ping", str(PING))
     group = full_local_node(cluster, child)
     info = wait_peer_load(group, child.address, (0, 5))
     assert info.node and info.node != group.node_id
@@ -77,10 +61,10 @@ def test_overflow_reaches_a_node_in_another_process(
 
 
 def test_wrong_secret_child_never_comes_up(
-    cluster: Cluster, spawn: Callable[..., ChildNode], caplog: pytest.LogCaptureFixture
+    cluster: Cluster, spawn_node: Callable[..., ChildNode], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level("DEBUG", logger="gobucket")  # each attempt is at DEBUG, WARNING once
-    child = spawn("--secret", "not-the-cluster-key", "--ping", str(PING))
+    child = spawn_node("--secret", "not-the-cluster-key", "--ping", str(PING))
     bucket = cluster.bucket(max_bucket=1)
     hold(bucket, 1)
     group = cluster.group(bucket, peers=[child.address], ping_interval=PING)
@@ -97,9 +81,9 @@ def test_wrong_secret_child_never_comes_up(
 
 
 def test_peer_killed_mid_burst_every_task_is_accounted_for(
-    cluster: Cluster, spawn: Callable[..., ChildNode]
+    cluster: Cluster, spawn_node: Callable[..., ChildNode]
 ) -> None:
-    child = spawn("--max", "100000", "--ping", str(PING))
+    child = spawn_node("--max", "100000", "--ping", str(PING))
     group = full_local_node(cluster, child)
     peer_text = addr_text(child.address)
 
@@ -209,9 +193,9 @@ def test_peer_killed_mid_burst_every_task_is_accounted_for(
 
 
 def test_frozen_peer_is_marked_down_within_a_few_ping_intervals(
-    cluster: Cluster, spawn: Callable[..., ChildNode]
+    cluster: Cluster, spawn_node: Callable[..., ChildNode]
 ) -> None:
-    child = spawn("--max", "50", "--ping", str(PING))
+    child = spawn_node("--max", "50", "--ping", str(PING))
     group = full_local_node(cluster, child)
     group.fill(BUCKET, "before", None, **HOLD, timeout=WAIT)
     child.signal(signal.SIGSTOP)  # the socket stays open; only the pings go unanswered
