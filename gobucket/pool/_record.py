@@ -10,6 +10,7 @@ import msgpack
 
 from gobucket.config import TaskType
 from gobucket.errors import InvalidArgumentError
+from gobucket.wire.frames import pack
 
 __all__ = ["PoolTask", "decode", "encode"]
 
@@ -50,10 +51,7 @@ def encode(task: PoolTask) -> bytes:
         InvalidArgumentError: msgpack cannot store the task's data.
     """
     try:
-        packed: bytes = msgpack.packb(
-            [_VERSION, task.task_type.value, task.data, task.due_at, task.deadline_at],
-            use_bin_type=True,
-        )
+        packed = pack([_VERSION, task.task_type.value, task.data, task.due_at, task.deadline_at])
         msgpack.unpackb(packed, raw=False, strict_map_key=False)  # it must read back too
     except (TypeError, ValueError, OverflowError) as error:
         raise InvalidArgumentError(
